@@ -1,0 +1,1 @@
+"""autoscale_jax: compute-optimal pre-training data mixtures (AutoScale) in JAX/Flax."""
