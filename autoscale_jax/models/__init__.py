@@ -1,0 +1,69 @@
+"""Model families behind one interface: the trainer never branches on GPT-2 vs BERT."""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from autoscale_jax.errors import ConfigError
+from autoscale_jax.models import bert, gpt2
+
+FAMILIES = {'gpt2': gpt2, 'bert': bert}
+VOCAB_MULTIPLE = 128  # embedding rows are padded to this: fast matmuls, any tensor split works
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A built model: the flax module plus the pieces of its family the trainer needs."""
+  family: str
+  config: Any  # gpt2.GPT2Config | bert.BertConfig
+  module: nn.Module
+  # (params, batch, rng, *, train) -> (loss_sum[B], count[B])
+  per_example_loss: Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
+  flops_per_token: float  # training FLOPs per target token at this run's seq_len
+  row_len: int  # tokens per stored row: seq_len + 1 for causal LMs (inputs and shifted targets)
+
+  def dummy_tokens(self, batch: int = 1) -> jnp.ndarray:
+    length = self.row_len - 1 if self.family == 'gpt2' else self.row_len
+    return jnp.zeros((batch, length), jnp.int32)
+
+
+def padded_vocab(vocab_size: int) -> int:
+  return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int,
+                special_ids: dict[str, int] | None = None) -> ModelSpec:
+  """Builds the model named by config.model for a tokenizer of `vocab_size` tokens."""
+  lib = FAMILIES.get(cfg.family)
+  if lib is None:
+    raise ConfigError(f"config.model.family is '{cfg.family}'; use one of {sorted(FAMILIES)}.")
+  if cfg.size not in lib.SIZES:
+    raise ConfigError(f"config.model.size is '{cfg.size}'; {cfg.family} sizes are "
+                      f'{sorted(lib.SIZES)}.')
+  fields = dict(cfg.overrides.to_dict()) if cfg.get('overrides') else {}
+  fields.update(vocab_size=padded_vocab(vocab_size), dropout=cfg.dropout, dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype, remat=cfg.remat, scan_layers=cfg.scan_layers)
+  if cfg.get('attention_impl'):
+    fields['attention_impl'] = cfg.attention_impl
+  if cfg.family == 'bert':
+    fields.update({f'{k}_id': v for k, v in (special_ids or {}).items()
+                   if f'{k}_id' in {f.name for f in dataclasses.fields(lib.BertConfig)}})
+  try:
+    model_config = lib.config_for(cfg.size, **fields)
+  except TypeError as e:
+    raise ConfigError(f'config.model.overrides has a field the {cfg.family} config does not '
+                      f'know ({e}); remove it.') from None
+  if seq_len > model_config.max_len:
+    raise ConfigError(f'config.data.seq_len is {seq_len} but the model context (max_len) is '
+                      f'{model_config.max_len}; lower seq_len or raise '
+                      f'config.model.overrides.max_len.')
+  module = (gpt2.GPT2 if cfg.family == 'gpt2' else bert.BERT)(model_config)
+  return ModelSpec(
+      family=cfg.family, config=model_config, module=module,
+      per_example_loss=functools.partial(lib.per_example_loss, module),
+      flops_per_token=float(lib.flops_per_token(model_config, seq_len)),
+      row_len=seq_len + 1 if cfg.family == 'gpt2' else seq_len)

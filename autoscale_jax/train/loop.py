@@ -1,0 +1,217 @@
+"""One training run, narrated: mesh -> data -> model -> shardings -> restore -> loop -> eval -> result.
+
+A run is defined by the config and per-domain sequence counts. Its directory holds checkpoints,
+metrics.jsonl, TensorBoard events and, written atomically last, result.json; a run whose
+result.json exists is finished and is never trained again.
+"""
+
+import hashlib
+import json
+import math
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from autoscale_jax.data import loader as loader_lib
+from autoscale_jax.data import mixture
+from autoscale_jax.errors import ConfigError, UserError
+from autoscale_jax.models import ModelSpec, build_model
+from autoscale_jax.train import mesh as mesh_lib
+from autoscale_jax.train import metrics as metrics_lib
+from autoscale_jax.train.checkpoint import Checkpointer
+from autoscale_jax.train.trainer import Trainer, objective
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+def run_fingerprint(config: ml_collections.ConfigDict, counts: np.ndarray,
+                    tokenizer_hash: str) -> str:
+  """Hash of everything that shapes a run's result (not of logging or checkpoint cadence)."""
+  shaping = {
+      'model': config.model.to_dict(),
+      'optimizer': {k: config.train[k] for k in (
+          'batch_size', 'grad_accum', 'lr', 'warmup_steps', 'schedule', 'min_lr_ratio',
+          'weight_decay', 'b1', 'b2', 'eps', 'clip_norm')},
+      'seq_len': config.data.seq_len,
+      'domains': [d.name for d in config.data.domains],
+      'val_sequences': config.data.val_sequences,
+      'counts': [int(c) for c in counts],
+      'seed': config.seed,
+      'tokenizer': tokenizer_hash,
+      'eval': config.eval.to_dict(),
+  }
+  blob = json.dumps(shaping, sort_keys=True, default=str).encode()
+  return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def counts_from_weights(weights: np.ndarray, tokens: int, seq_len: int) -> np.ndarray:
+  """Per-domain sequence counts summing to round(tokens / seq_len), by largest remainder."""
+  total = int(round(tokens / seq_len))
+  ideal = np.asarray(weights, np.float64) * total
+  counts = np.floor(ideal).astype(np.int64)
+  order = np.argsort(-(ideal - counts), kind='stable')
+  counts[order[:total - counts.sum()]] += 1
+  return counts
+
+
+class _Preemption:
+  """Turns SIGTERM (TPU/GPU preemption notice) into a checkpoint at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: np.ndarray,
+        stores: dict, tokenizer, mesh: jax.sharding.Mesh | None = None,
+        name: str = 'run') -> dict:
+  """Trains one model on exactly counts[i] sequences of domain i; returns (and saves) its result."""
+  run_dir = epath.Path(run_dir)
+  result_path = run_dir / 'result.json'
+  if result_path.exists():
+    logging.info('[%s] already finished (%s); not training again.', name, result_path)
+    return json.loads(result_path.read_text())
+  names = list(stores)
+  counts = np.asarray(counts, np.int64)
+  tcfg = config.train
+  seq_len = int(config.data.seq_len)
+  batch_size = int(tcfg.batch_size)
+  total_steps = mixture.num_steps(counts, batch_size)
+  if total_steps < 1:
+    raise ConfigError(f'[{name}] the budget holds {int(counts.sum())} sequences, less than one '
+                      f'batch of {batch_size}; raise the budget or lower config.train.batch_size.')
+
+  # Mesh, model, shardings.
+  mesh = mesh or mesh_lib.make_mesh(config.mesh)
+  model: ModelSpec = build_model(config.model, vocab_size=tokenizer.vocab_size, seq_len=seq_len,
+                                 special_ids=getattr(tokenizer, 'special_ids', None))
+  trainer = Trainer(model=model, train_cfg=tcfg, mesh=mesh, rules=config.mesh.rules,
+                    total_steps=total_steps, num_domains=len(names), seed=config.seed)
+  fingerprint = run_fingerprint(config, counts, tokenizer.hash)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    metrics_lib.write_json_atomic(run_dir / 'config.json', {
+        'config': json.loads(config.to_json_best_effort()), 'counts': counts.tolist(),
+        'domains': names, 'fingerprint': fingerprint, 'total_steps': total_steps})
+
+  # Restore or initialise.
+  ckpt = Checkpointer(run_dir / 'checkpoints', fingerprint=fingerprint,
+                      every=tcfg.checkpoint_every, keep=tcfg.keep_checkpoints,
+                      use_async=tcfg.async_checkpoint)
+  restored = ckpt.restore(trainer.abstract_state)
+  if restored is None:
+    state, start = trainer.init_state(), 0
+    logging.info('[%s] no checkpoint; starting from scratch (%d steps, %d devices, mesh %s).',
+                 name, total_steps, mesh.size, dict(mesh.shape))
+  else:
+    state, meta = restored
+    start = int(meta['step'])
+    logging.info('[%s] resuming from the checkpoint at step %d of %d.', name, start, total_steps)
+  writer = metrics_lib.MetricWriter(run_dir)
+  writer.truncate(start)
+  evals = [r for r in writer.records if 'objective' in r]
+
+  # Data.
+  data = loader_lib.Loader(stores, counts, seed=config.seed, batch_size=batch_size,
+                           sharding=trainer.batch_shardings['domain'], start_step=start,
+                           prefetch=config.data.prefetch)
+  val = loader_lib.val_batches(stores, int(config.eval.batch_size),
+                               trainer.batch_shardings['domain'])
+
+  def evaluate(step: int) -> dict:
+    losses, _ = trainer.evaluate(state.params, val)
+    per_domain = {n: float(l) for n, l in zip(names, losses)}
+    record = {'objective': objective(per_domain, config.eval),
+              **{f'val_loss/{n}': l for n, l in per_domain.items()}}
+    writer.write(step, record)
+    logging.info('[%s] eval step %d: objective %.4f  %s', name, step, record['objective'],
+                 '  '.join(f'{n} {math.exp(l):.2f}' for n, l in per_domain.items()))
+    return {'step': step, **record}
+
+  # Loop.
+  tokens_per_step = batch_size * seq_len
+  meter = metrics_lib.Throughput(
+      model.flops_per_token,
+      metrics_lib.device_peak_flops(tcfg.peak_flops) * mesh.size, total_steps)
+  meter.start(start)
+  t0 = time.time()
+  step = start
+  with _Preemption() as preemption:
+    for batch in data:
+      state, m = trainer.step(state, batch)
+      step += 1
+      if step % tcfg.log_every == 0 or step == total_steps:
+        m = jax.device_get(m)
+        if not np.isfinite(m['loss']):
+          ckpt.wait()
+          good = ckpt.manager.latest_step()
+          raise TrainingDiverged(
+              f'[{name}] the training loss became {m["loss"]} at step {step}; the last good '
+              f'checkpoint is step {good} in {run_dir / "checkpoints"}; lower config.train.lr '
+              f'or raise warmup_steps and rerun.')
+        speed = meter.update(step, tokens_per_step)
+        writer.write(step, {'loss': m['loss'], 'grad_norm': m['grad_norm'],
+                            'lr': float(trainer.schedule(step - 1)), **speed})
+        mfu = f"  mfu {100 * speed['mfu']:.1f}%" if 'mfu' in speed else ''
+        logging.info('[%s] step %d/%d  loss %.4f  %.0f tok/s%s  eta %s', name, step,
+                     total_steps, m['loss'], speed['tokens_per_s'], mfu,
+                     metrics_lib.format_eta(speed['eta_s']))
+      if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
+        evals.append(evaluate(step))
+      if ckpt.maybe_save(step, state, final=step == total_steps or preemption.requested):
+        writer.flush()
+      if preemption.requested and step < total_steps:
+        ckpt.close()
+        writer.close()
+        raise SystemExit(f'[{name}] preempted (SIGTERM): checkpoint saved at step {step}; rerun '
+                         f'the same command to resume.')
+
+  final = evaluate(step)
+  evals.append(final)
+  ckpt.close()
+  writer.close()
+  seen = np.asarray(jax.device_get(state.domain_sequences), np.int64)
+  rows = np.array([s.train.shape[0] for s in stores.values()])
+  result = {
+      'name': name,
+      'fingerprint': fingerprint,
+      'domains': names,
+      'objective': final['objective'],
+      'objective_kind': config.eval.objective,
+      'val_loss': {n: final[f'val_loss/{n}'] for n in names},
+      'val_ppl': {n: math.exp(final[f'val_loss/{n}']) for n in names},
+      'requested_sequences': counts.tolist(),
+      'trained_sequences': seen.tolist(),
+      'trained_tokens': (seen * seq_len).tolist(),
+      'epochs': mixture.epochs(counts, rows).tolist(),
+      'steps': step,
+      'seq_len': seq_len,
+      'evals': [{'step': e['step'], 'objective': e['objective'],
+                 'tokens': e['step'] * tokens_per_step} for e in evals],
+      'wall_s_last_session': time.time() - t0,
+  }
+  if jax.process_index() == 0:
+    metrics_lib.write_json_atomic(result_path, result)
+  return result

@@ -1,0 +1,125 @@
+"""Metrics: jsonl (atomic, consistent with the last checkpoint), TensorBoard, MFU, log lines."""
+
+import json
+import time
+
+import jax
+from absl import logging
+from etils import epath
+
+# Dense bf16 peak FLOP/s per device (vendor figures); fp32 runs reach less, set train.peak_flops.
+PEAK_FLOPS = {
+    'TPU v3': 123e12,
+    'TPU v4': 275e12,
+    'TPU v5 lite': 197e12,
+    'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
+    'TPU v5': 459e12,
+    'TPU v6 lite': 918e12,
+    'TPU v6e': 918e12,
+    'NVIDIA H100': 989e12,
+    'NVIDIA H200': 989e12,
+    'NVIDIA A100': 312e12,
+    'NVIDIA L4': 121e12,
+    'NVIDIA GH200': 989e12,
+}
+
+
+def device_peak_flops(configured: float = 0.0, device: jax.Device | None = None) -> float:
+  """Peak FLOP/s of one device: the config's value, else the table, else 0 (MFU not shown)."""
+  if configured > 0:
+    return float(configured)
+  kind = (device or jax.devices()[0]).device_kind
+  for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if kind.startswith(prefix):
+      return PEAK_FLOPS[prefix]
+  return 0.0
+
+
+def write_text_atomic(path: epath.Path, text: str) -> None:
+  """Write-then-rename, so readers (and a rerun after a kill) never see a partial file."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f'.{path.name}.tmp-{jax.process_index()}'
+  tmp.write_text(text)
+  tmp.rename(path)
+
+
+def write_json_atomic(path: epath.Path, obj) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+
+
+class MetricWriter:
+  """Keeps every record in memory and rewrites metrics.jsonl atomically on flush.
+
+  Flushes happen at checkpoints, so after a kill the file holds exactly the records up to the
+  restored step and the resumed run appends the rest: the curve is the same as without the kill.
+  Object stores (gs://) cannot append, which is the other reason for whole-file rewrites.
+  """
+
+  def __init__(self, workdir: epath.Path, *, tensorboard: bool = True):
+    self.path = epath.Path(workdir) / 'metrics.jsonl'
+    self.records: list[dict] = []
+    self._tb = None
+    self._main = jax.process_index() == 0
+    if self.path.exists():
+      self.records = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+    if tensorboard and self._main:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(str(epath.Path(workdir) / 'tb'))
+      except Exception as e:  # TensorBoard is a convenience; never fail a run over it.
+        logging.warning('TensorBoard disabled: %s', e)
+
+  def truncate(self, step: int) -> None:
+    """Drops records past `step` (written after the checkpoint we resume from)."""
+    self.records = [r for r in self.records if r['step'] <= step]
+
+  def write(self, step: int, scalars: dict) -> None:
+    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    self.records.append(record)
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def flush(self) -> None:
+    if self._main:
+      write_text_atomic(self.path, ''.join(json.dumps(r) + '\n' for r in self.records))
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    self.flush()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Throughput:
+  """Tokens/s, MFU and ETA between consecutive log lines."""
+
+  def __init__(self, flops_per_token: float, peak_flops_total: float, total_steps: int):
+    self.flops_per_token = flops_per_token
+    self.peak = peak_flops_total
+    self.total_steps = total_steps
+    self._t, self._step = None, None
+
+  def start(self, step: int) -> None:
+    self._t, self._step = time.perf_counter(), step
+
+  def update(self, step: int, tokens_per_step: int) -> dict:
+    now = time.perf_counter()
+    dt = max(now - self._t, 1e-9)
+    steps = step - self._step
+    tps = steps * tokens_per_step / dt
+    out = {'tokens_per_s': tps, 'eta_s': (self.total_steps - step) * dt / max(steps, 1)}
+    if self.peak > 0:
+      out['mfu'] = tps * self.flops_per_token / self.peak
+    self._t, self._step = now, step
+    return out
+
+
+def format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'

@@ -1,0 +1,239 @@
+"""Sharded training: pure train/eval steps, then a Trainer that jits them with explicit shardings.
+
+Pure functions first (loss with gradient accumulation, one optimizer step, per-domain eval sums,
+the objective); `Trainer` binds them to a model, an optimizer and a mesh. The driver that reads
+data, restores checkpoints and loops lives in `train/loop.py`.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from autoscale_jax.errors import ConfigError
+from autoscale_jax.models import ModelSpec
+from autoscale_jax.train import mesh as mesh_lib
+from autoscale_jax.train.optim import make_optimizer
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any
+  opt_state: Any
+  domain_sequences: jax.Array  # int32[m]: sequences of each domain trained on so far
+
+
+# ------------------------------------------------------------------------------ pure functions
+def loss_and_grads(params, batch: Batch, rng: jax.Array, *, per_example_loss, grad_accum: int):
+  """Summed loss, token count and summed gradients over `grad_accum` micro-batches.
+
+  Sums (not means) are accumulated and divided once by the total token count, so accumulation
+  is the same mathematical step as one big batch, also when examples carry different counts.
+  Micro-batch k takes rows k, k + grad_accum, ... so that every device keeps its own rows.
+  """
+  def micro(params, mb, key):
+    def f(p):
+      loss_sum, count = per_example_loss(p, mb, key, train=True)
+      return loss_sum.sum(), count.sum()
+    (loss_sum, count), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return loss_sum, count, grads
+
+  if grad_accum == 1:
+    return micro(params, batch, rng)
+
+  def split(x):
+    x = x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  micro_batches = jax.tree.map(split, batch)
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+  def body(carry, xs):
+    k, mb = xs
+    loss_sum, count, grads = micro(params, mb, jax.random.fold_in(rng, k))
+    acc_loss, acc_count, acc_grads = carry
+    acc_grads = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc_grads, grads)
+    return (acc_loss + loss_sum, acc_count + count, acc_grads), None
+
+  init = (jnp.float32(0), jnp.float32(0), zeros)
+  (loss_sum, count, grads), _ = jax.lax.scan(body, init, (jnp.arange(grad_accum), micro_batches))
+  return loss_sum, count, grads
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, per_example_loss,
+               tx: optax.GradientTransformation, grad_accum: int, num_domains: int):
+  """One optimizer step on the global batch; pure, so it is the same on 1 or 1000 devices."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  loss_sum, count, grads = loss_and_grads(state.params, batch, step_rng,
+                                          per_example_loss=per_example_loss,
+                                          grad_accum=grad_accum)
+  count = jnp.maximum(count, 1.0)
+  grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  mask = batch.get('mask', jnp.ones(batch['domain'].shape, jnp.float32))
+  seen = jax.ops.segment_sum((mask > 0).astype(jnp.int32), batch['domain'],
+                             num_segments=num_domains)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            domain_sequences=state.domain_sequences + seen)
+  metrics = {'loss': loss_sum / count, 'grad_norm': optax.global_norm(grads),
+             'tokens': count}
+  return new_state, metrics
+
+
+def eval_step(params, batch: Batch, rng: jax.Array, *, per_example_loss, num_domains: int):
+  """Per-domain summed loss and token count of one validation batch (padding rows masked)."""
+  loss_sum, count = per_example_loss(params, batch, rng, train=False)
+  domain = jnp.where(count > 0, batch['domain'], num_domains)  # padding -> overflow segment
+  sums = jax.ops.segment_sum(loss_sum, domain, num_segments=num_domains + 1)[:num_domains]
+  counts = jax.ops.segment_sum(count, domain, num_segments=num_domains + 1)[:num_domains]
+  return sums, counts
+
+
+OBJECTIVES = ('mean_ppl', 'mean_loss', 'weighted_ppl', 'weighted_loss')
+
+
+def objective(per_domain_loss: dict[str, float], cfg: ml_collections.ConfigDict) -> float:
+  """The number DDO minimises: by default the equal-weight mean of per-domain perplexities."""
+  kind = cfg.objective
+  if kind not in OBJECTIVES:
+    raise ConfigError(f"config.eval.objective is '{kind}'; use one of {', '.join(OBJECTIVES)}.")
+  names = list(per_domain_loss)
+  if kind.startswith('weighted'):
+    weights = dict(cfg.objective_weights or {})
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+      raise ConfigError(f'config.eval.objective_weights names unknown domain(s) {unknown}; '
+                        f'the domains are {names}.')
+    w = np.array([float(weights.get(n, 0.0)) for n in names])
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+      raise ConfigError('config.eval.objective_weights must be finite, non-negative and not all '
+                        'zero.')
+    w = w / w.sum()
+  else:
+    w = np.full(len(names), 1.0 / len(names))
+  losses = np.array([per_domain_loss[n] for n in names], np.float64)
+  values = np.exp(losses) if kind.endswith('ppl') else losses
+  return float(np.dot(w, values))
+
+
+# ------------------------------------------------------------------------------ binding
+def logical_param_specs(model: ModelSpec, rng: jax.Array):
+  """Abstract params (unboxed) and their logical PartitionSpecs, without allocating anything."""
+  boxed = jax.eval_shape(
+      lambda r: model.module.init(r, model.dummy_tokens(), deterministic=True), rng)
+  specs = nn.get_partition_spec(boxed)['params']
+  return nn.unbox(boxed)['params'], specs
+
+
+@dataclasses.dataclass
+class Trainer:
+  """A model, an optimizer and a mesh, with the steps jitted under explicit shardings."""
+  model: ModelSpec
+  train_cfg: ml_collections.ConfigDict
+  mesh: Mesh
+  rules: Sequence
+  total_steps: int
+  num_domains: int
+  seed: int = 0
+
+  def __post_init__(self):
+    self.tx, self.schedule = make_optimizer(self.train_cfg, self.total_steps)
+    self.grad_accum = int(self.train_cfg.grad_accum)
+    batch = int(self.train_cfg.batch_size)
+    dp = mesh_lib.data_parallel_size(self.mesh, self.rules)
+    if self.grad_accum < 1 or batch % self.grad_accum:
+      raise ConfigError(f'config.train.batch_size ({batch}) must be divisible by '
+                        f'config.train.grad_accum ({self.grad_accum}).')
+    if (batch // self.grad_accum) % dp:
+      raise ConfigError(
+          f'config.train.batch_size / grad_accum = {batch // self.grad_accum} is not divisible '
+          f'by the data-parallel size {dp} (mesh data x fsdp); change the batch or the mesh.')
+    self.rng = jax.random.PRNGKey(self.seed)
+    abstract_params, specs = logical_param_specs(self.model, self.rng)
+    with self.mesh_context():
+      param_sh = nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
+    replicated = NamedSharding(self.mesh, P())
+    abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+    opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: replicated)
+    self.state_shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
+                                      domain_sequences=replicated)
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                   opt_state=abstract_opt,
+                   domain_sequences=jax.ShapeDtypeStruct((self.num_domains,), jnp.int32)),
+        self.state_shardings)
+    self.batch_shardings = {
+        'tokens': mesh_lib.batch_sharding(self.mesh, self.rules, 2),
+        'domain': mesh_lib.batch_sharding(self.mesh, self.rules, 1),
+        'mask': mesh_lib.batch_sharding(self.mesh, self.rules, 1),
+    }
+    step = functools.partial(train_step, per_example_loss=self.model.per_example_loss,
+                             tx=self.tx, grad_accum=self.grad_accum,
+                             num_domains=self.num_domains)
+    self._train_step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings,
+                                                   replicated),
+                               out_shardings=(self.state_shardings, replicated),
+                               donate_argnums=(0,))
+    evaluate = functools.partial(eval_step, per_example_loss=self.model.per_example_loss,
+                                 num_domains=self.num_domains)
+    self._eval_step = jax.jit(evaluate, in_shardings=(param_sh, self.batch_shardings,
+                                                      replicated),
+                              out_shardings=(replicated, replicated))
+    self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+
+  def mesh_context(self) -> contextlib.ExitStack:
+    """Mesh and logical-axis rules active while tracing (for activation sharding constraints)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def _init_state(self, rng):
+    variables = self.model.module.init(rng, self.model.dummy_tokens(), deterministic=True)
+    params = nn.unbox(variables)['params']
+    return TrainState(step=jnp.int32(0), params=params, opt_state=self.tx.init(params),
+                      domain_sequences=jnp.zeros((self.num_domains,), jnp.int32))
+
+  def init_state(self) -> TrainState:
+    with self.mesh_context():
+      return self._init(jax.random.fold_in(self.rng, 1))
+
+  def put_batch(self, batch: dict[str, np.ndarray]) -> Batch:
+    """Host arrays of the whole global batch -> sharded jax.Arrays (single-process helper)."""
+    batch = dict(batch)
+    batch.setdefault('mask', np.ones(np.shape(batch['domain']), np.float32))
+    return {k: jax.device_put(np.asarray(v), self.batch_shardings[k]) for k, v in batch.items()}
+
+  def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    with self.mesh_context():
+      return self._train_step(state, batch, self.rng)
+
+  def evaluate(self, params, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-domain mean loss and token counts over fixed validation batches."""
+    sums = np.zeros(self.num_domains, np.float64)
+    counts = np.zeros(self.num_domains, np.float64)
+    eval_rng = jax.random.fold_in(self.rng, 2)  # fixed: BERT masks the same positions every time
+    with self.mesh_context():
+      for batch in batches:
+        s, c = self._eval_step(params, batch, eval_rng)
+        sums += np.asarray(jax.device_get(s), np.float64)
+        counts += np.asarray(jax.device_get(c), np.float64)
+    losses = np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)
+    return losses, counts
