@@ -90,7 +90,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, per_example_l
                              num_segments=num_domains)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             domain_sequences=state.domain_sequences + seen)
-  metrics = {'loss': loss_sum / count, 'grad_norm': optax.global_norm(grads),
+  metrics = {'loss': loss_sum / count, 'grad_norm': optax.tree.norm(grads),
              'tokens': count}
   return new_state, metrics
 
@@ -212,7 +212,9 @@ class Trainer:
                       domain_sequences=jnp.zeros((self.num_domains,), jnp.int32))
 
   def init_state(self) -> TrainState:
-    with self.mesh_context():
+    # No logical-rules context here: out_shardings place the params; the rules would only
+    # re-constrain init intermediates (and flax's DenseGeneral init reshapes before boxing).
+    with jax.set_mesh(self.mesh):
       return self._init(jax.random.fold_in(self.rng, 1))
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> Batch:
