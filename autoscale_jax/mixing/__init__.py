@@ -1,0 +1,17 @@
+"""Mixing math: per-domain power-law fits, the DDO solve, and AutoScale extrapolation.
+
+Pure math over arrays (numpy in and out, float64 jax inside, scoped so training keeps its
+default dtypes); it knows nothing of training or data.
+"""
+
+from autoscale_jax.mixing.autoscale import AutoScaleModel, WeightInterval
+from autoscale_jax.mixing.ddo import (DDOProblem, Perturbation, ddo_weights, fit_domains,
+                                      perturbation_plan, pinned_domains, solve_ddo)
+from autoscale_jax.mixing.powerlaw import (DegenerateFitWarning, PowerLaw, bootstrap_fits,
+                                           fit_power_law)
+
+__all__ = [
+    'AutoScaleModel', 'DDOProblem', 'DegenerateFitWarning', 'Perturbation', 'PowerLaw',
+    'WeightInterval', 'bootstrap_fits', 'ddo_weights', 'fit_domains', 'fit_power_law',
+    'perturbation_plan', 'pinned_domains', 'solve_ddo',
+]
