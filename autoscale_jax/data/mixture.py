@@ -76,12 +76,15 @@ def _mul_divmod(a: jax.Array, b: jax.Array, c: jax.Array) -> tuple[jax.Array, ja
   (disabled by default in JAX) are needed.
   """
   qa, a = a // c, a % c
-  q = r = jnp.zeros_like(a * b)
-  for bit in range(30, -1, -1):
-    q, r = 2 * q, 2 * r
+
+  def step(i, qr):
+    q, r = 2 * qr[0], 2 * qr[1]
     q, r = jnp.where(r >= c, q + 1, q), jnp.where(r >= c, r - c, r)
-    r = jnp.where((b >> bit) & 1 == 1, r + a, r)
-    q, r = jnp.where(r >= c, q + 1, q), jnp.where(r >= c, r - c, r)
+    r = jnp.where((b >> (30 - i).astype(jnp.uint32)) & 1 == 1, r + a, r)
+    return jnp.where(r >= c, q + 1, q), jnp.where(r >= c, r - c, r)
+
+  zero = jnp.zeros_like(a * b)
+  q, r = jax.lax.fori_loop(0, 31, step, (zero, zero))
   return q + qa * b, r
 
 
@@ -160,8 +163,8 @@ def sample(seed: jax.Array, counts: jax.Array, rows: jax.Array, step: jax.Array,
   counts, rows = jnp.asarray(counts, jnp.int32), jnp.asarray(rows, jnp.int32)
   total = counts.sum()
   start = jnp.minimum(jnp.asarray(step, jnp.int32) * batch_size, total)
-  first = prefix_counts(counts, start)
-  per_domain = prefix_counts(counts, start + batch_size) - first
+  first, last = jax.vmap(prefix_counts, (None, 0))(counts, jnp.stack([start, start + batch_size]))
+  per_domain = last - first
   # Gather this batch's sequences grouped by domain, then scatter each to its stream position.
   ends = jnp.cumsum(per_domain)
   slot = jnp.arange(batch_size, dtype=jnp.int32)
