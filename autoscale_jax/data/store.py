@@ -23,7 +23,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 from etils import epath
 
 from autoscale_jax.data import DataError, sources
+from autoscale_jax.data._io import temp_name, write_atomic
 from autoscale_jax.data.tokenizer import Tokenizer, get_tokenizer
 
 FORMAT = 1  # bump when the layout or the packing changes
@@ -89,12 +89,6 @@ def _check_tokenizer(config: Any, tok: Tokenizer) -> None:
                     'bert and train_bpe or gpt2 for gpt2.')
 
 
-def _write_atomic(path: epath.Path, data: bytes) -> None:
-  tmp = path.parent / f'{path.name}.tmp-{uuid.uuid4().hex}'
-  tmp.write_bytes(data)
-  tmp.rename(path)
-
-
 def _local(path: epath.Path, key: str) -> str:
   """A local file name for memmapping: the file itself, or a cached copy of a remote one."""
   if '://' not in str(path):
@@ -128,7 +122,7 @@ def _build(config: Any, domain_cfg: Mapping[str, Any], tok: Tokenizer, folder: e
   name, want_val = meta['name'], meta['val_sequences']
   packer, val = _Packer(config, tok), []
   docs = val_docs = seen_tokens = n_train = train_tokens = 0
-  tmp = folder / f'train.bin.tmp-{uuid.uuid4().hex}'
+  tmp = temp_name(folder / 'train.bin')
   start = last = time.time()
   with tmp.open('wb') as out:
     for batch in _batched(sources.iter_documents(domain_cfg, config.data.max_docs)):
@@ -155,8 +149,8 @@ def _build(config: Any, domain_cfg: Mapping[str, Any], tok: Tokenizer, folder: e
                     f'{n_train} training sequences; it needs {want_val} validation sequences and '
                     'some training data: add documents, raise config.data.max_docs or lower '
                     'val_sequences.')
-  tmp.rename(folder / 'train.bin')
-  _write_atomic(folder / 'val.bin', np.asarray(val).astype(meta['dtype']).tobytes())
+  tmp.replace(folder / 'train.bin')
+  write_atomic(folder / 'val.bin', np.asarray(val).astype(meta['dtype']).tobytes())
   meta.update(documents=docs, val_documents=val_docs, tokens=train_tokens,
               train_sequences=n_train)
   elapsed = time.time() - start
@@ -189,7 +183,7 @@ def prepare(config: Any, workdir: str | os.PathLike[str]) -> dict[str, DomainSto
     folder.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # a crash mid-build must not leave a valid-looking store
     _build(config, domain_cfg, tok, folder, meta)
-    _write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+    write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
     stores[domain_cfg.name] = _open(folder, meta)
   _print_table(stores)
   return stores

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from etils import epath
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from autoscale_jax.data import DataError, sources
+from autoscale_jax.data._io import write_atomic
 
 EOS = '<|endoftext|>'
 BERT_SPECIALS = {'pad': '[PAD]', 'unk': '[UNK]', 'cls': '[CLS]', 'sep': '[SEP]', 'mask': '[MASK]'}
@@ -117,12 +117,6 @@ def _training_text(config: Any) -> Iterator[str]:
       budget -= len(doc)
 
 
-def _write_atomic(path: epath.Path, text: str) -> None:
-  tmp = path.parent / f'{path.name}.tmp-{uuid.uuid4().hex}'
-  tmp.write_text(text)
-  tmp.rename(path)
-
-
 def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
   """The tokenizer config.data.tokenizer asks for; trained ones are cached under the workdir."""
   spec = config.data.tokenizer
@@ -150,6 +144,6 @@ def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
   tok.train_from_iterator(_training_text(config), trainer)
   folder.mkdir(parents=True, exist_ok=True)
   (folder / 'spec.json').unlink(missing_ok=True)
-  _write_atomic(folder / 'tokenizer.json', tok.to_str())
-  _write_atomic(folder / 'spec.json', key)
+  write_atomic(folder / 'tokenizer.json', tok.to_str().encode())
+  write_atomic(folder / 'spec.json', key.encode())
   return Tokenizer(tok)
