@@ -1,9 +1,12 @@
 """Small configs and corpora shared by the data tests (real text from the demo corpus)."""
 
+import json
 import os
+import pathlib
 import sys
 
 import ml_collections
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
 import tiny  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -31,3 +34,32 @@ def config(*domains, family: str = 'gpt2', kind: str = 'gpt2', seq_len: int = 16
 def news(n: int) -> list[str]:
   """The first n BBC news articles of the demo corpus (real text, a few kB each)."""
   return list(sources.iter_documents(domain('news', 'demo:news'), n))
+
+
+# The loader tests' run: four news domains, 73 sequences in batches of 8 (the last one padded).
+COUNTS, BATCH, SEED = [40, 13, 0, 20], 8, 5
+LOADER_DOMAINS = ('w', 'x', 'y', 'z')
+
+
+def write_loader_corpus(root) -> None:
+  docs = news(40)
+  for i, name in enumerate(LOADER_DOMAINS):
+    lines = (json.dumps({'text': d}) + '\n' for d in docs[10 * i:10 * i + 10])
+    (pathlib.Path(root) / f'{name}.jsonl').write_text(''.join(lines))
+
+
+def loader_config(root) -> ml_collections.ConfigDict:
+  """GPT-2 BPE stores of the corpus write_loader_corpus wrote under root."""
+  return config(*(domain(n, f'files:{root}/{n}.jsonl') for n in LOADER_DOMAINS), seq_len=16,
+                val_sequences=3)
+
+
+class RecordingRows:
+  """A store's train array that records which rows were read (to check process-local reads)."""
+
+  def __init__(self, rows):
+    self.rows, self.shape, self.read = rows, rows.shape, []
+
+  def __getitem__(self, index):
+    self.read.extend(np.asarray(index).tolist())
+    return self.rows[index]
