@@ -87,7 +87,7 @@ class AutoScaleModel:
   measured budget, where the optimum is the bound and not the law's) and those whose optimal
   quantity does not grow with the budget. They keep their weight at the largest measured budget
   and fit() warns about them; the law covers the others. t is 0 at the smallest budget and 1 at
-  the next; `residual` is the RMS log-quantity misfit (0 with two budgets).
+  the next; `residual` is the RMS log-quantity misfit (0 up to rounding with two budgets).
   """
   budgets: np.ndarray
   quantities: np.ndarray
@@ -107,8 +107,9 @@ class AutoScaleModel:
     if not held <= set(range(m)):
       raise UserError(f'pinned names domains {sorted(held - set(range(m)))} outside 0..{m - 1}.')
     if held:
-      warnings.warn(f'Domains {sorted(held)} are pinned: held at their weights at the largest '
-                    'budget instead of extrapolated.', stacklevel=2)
+      warnings.warn(f'Domains {sorted(held)} are pinned (on a DDO bound, or by the caller): '
+                    'held at their weights at the largest budget instead of extrapolated.',
+                    stacklevel=2)
     logs = np.log(quantities)
     while True:
       free = np.array([i for i in range(m) if i not in held], dtype=int)
