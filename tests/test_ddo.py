@@ -8,8 +8,9 @@ import pytest
 from scipy.optimize import minimize
 
 from autoscale_jax.errors import UserError
-from autoscale_jax.mixing import (DDOProblem, Perturbation, PowerLaw, ddo_weights, fit_domains,
-                                  perturbation_plan, pinned_domains, solve_ddo)
+from autoscale_jax.mixing import (DDOProblem, DegenerateFitWarning, Perturbation, PowerLaw,
+                                  ddo_weights, fit_domains, perturbation_plan, pinned_domains,
+                                  solve_ddo)
 
 
 def test_plan_is_base_first_then_one_domain_scaled_per_run():
@@ -169,3 +170,13 @@ def test_solve_is_silent_and_accepts_scalar_bounds():
     warnings.simplefilter('error')
     n = solve_ddo([PowerLaw(1.0, 1.0, 0.0)] * 7, total=7, lower=0.2)
   assert n == pytest.approx(np.ones(7))
+
+
+def test_fit_domains_names_the_domain_of_a_degenerate_fit():
+  laws = [PowerLaw(0.8, 1.2, 1 - 1.8**-1.2), PowerLaw(1.0, 0.0, 0.0)]  # domain 1: no gain
+  plan = perturbation_plan(np.ones(2))
+  objectives = _objectives(plan, laws)
+  objectives[plan.index(next(p for p in plan if p.domain == 1 and p.factor == 3))] *= 1.01
+  with pytest.warns(DegenerateFitWarning, match='for domain 1: the objective does not decrease'):
+    fits = fit_domains(plan, objectives)
+  assert not fits[0].degenerate and fits[1].degenerate and fits[1].b == 0

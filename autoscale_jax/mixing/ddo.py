@@ -1,6 +1,7 @@
 """Direct Data Optimization at one budget: the run plan, the per-domain fits, the convex solve."""
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ from numpy.typing import ArrayLike
 
 from autoscale_jax.errors import UserError
 from autoscale_jax.mixing._numerics import bisect, x64
-from autoscale_jax.mixing.powerlaw import PowerLaw, fit_power_law
+from autoscale_jax.mixing.powerlaw import DegenerateFitWarning, PowerLaw, fit_rows
 
 # A multiplier this close (relative) to a bound counts as sitting on it.
 _ON_BOUND = 1e-9
@@ -87,13 +88,24 @@ def fit_domains(plan: Sequence[Perturbation], objectives: ArrayLike) -> list[Pow
   if any(not np.array_equal(plan[k].quantities, base) for k in bases):
     raise UserError('the base runs of the plan disagree on their quantities.')
   base_objective = objectives[bases].mean()
-  fits = []
+  points = []
   for i in range(base.size):
     runs = bases + [k for k, p in enumerate(plan) if p.domain == i]
     if len(runs) == len(bases):
       raise UserError(f'the plan has no perturbed run for domain {i}.')
-    x = [plan[k].quantities[i] / base[i] for k in runs]
-    fits.append(fit_power_law(x, objectives[runs] / base_objective))
+    points.append((tuple(plan[k].quantities[i] / base[i] for k in runs),
+                   objectives[runs] / base_objective))
+  fits = [None] * base.size
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DegenerateFitWarning)  # re-raised below, naming the domain
+    for x in dict.fromkeys(x for x, _ in points):  # domains sharing x: one batched fit
+      domains = [i for i, (xi, _) in enumerate(points) if xi == x]
+      for i, fit in zip(domains, fit_rows(x, [points[i][1] for i in domains], None)):
+        fits[i] = fit
+  for i, fit in enumerate(fits):
+    if fit.degenerate:
+      warnings.warn(f'Degenerate power-law fit for domain {i}: {fit.message}.',
+                    DegenerateFitWarning, stacklevel=2)
   return fits
 
 

@@ -202,8 +202,8 @@ def _describe(row: np.ndarray, slope: float, misfit: float) -> tuple[bool, str]:
 
 
 @x64
-def _fit_rows(x: ArrayLike, ys: ArrayLike, weights: ArrayLike | None) -> list[PowerLaw]:
-  """Fits every row of ys against the same x; one compiled call serves a whole batch."""
+def fit_rows(x: ArrayLike, ys: ArrayLike, weights: ArrayLike | None) -> list[PowerLaw]:
+  """fit_power_law for every row of ys against the same x: one compiled call for the batch."""
   x = np.asarray(x, np.float64)
   ys = np.atleast_2d(np.asarray(ys, np.float64))
   w = np.ones_like(x) if weights is None else np.asarray(weights, np.float64)
@@ -235,7 +235,7 @@ def fit_power_law(x: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None) 
   jax.jacfwd Jacobians, from several searched starts, in float64. A degenerate fit warns
   (DegenerateFitWarning) and returns with .degenerate set and .message saying what was done.
   """
-  return _fit_rows(x, y, weights)[0]
+  return fit_rows(x, y, weights)[0]
 
 
 def bootstrap_fits(fit: PowerLaw, samples: int, rng: np.random.Generator,
@@ -255,5 +255,5 @@ def bootstrap_fits(fit: PowerLaw, samples: int, rng: np.random.Generator,
     draws = rng.normal(0.0, noise, size=(samples, n))
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', DegenerateFitWarning)  # counted by the caller, not repeated
-    return _fit_rows(x, fit(x) + draws, fit.weights)
+    return fit_rows(x, fit(x) + draws, fit.weights)
 
