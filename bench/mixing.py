@@ -107,7 +107,8 @@ def machine() -> str:
 
 def report(rows, kernel) -> None:
   width = max(len(r[0]) for r in rows)
-  table = [f'| {"what":<{width}} | median ms | repeats |', f'|{"-" * (width + 2)}|----------:|--------:|']
+  table = [f'| {"what":<{width}} | median ms | repeats |',
+           f'|{"-" * (width + 2)}|----------:|--------:|']
   table += [f'| {what:<{width}} | {seconds * 1e3:9.3f} | {repeats:7d} |'
             for what, seconds, repeats in rows]
   solve7, solve1000 = rows[0][1], rows[1][1]
@@ -117,9 +118,10 @@ def report(rows, kernel) -> None:
             f'{kernel[1024] * 1e3:.3f} ms of {solve1000 * 1e3:.3f} ms. Goals: < 10 ms (m=7), '
             '< 1000 ms (m=1000). Fits are bound by their start search (a profiled grid) and LM '
             'iterations; the bootstrap by its 2 x 7 batched refits and 100 x 2 DDO re-solves.')
+  now = datetime.datetime.now().astimezone()
   section = '\n'.join([
       HEADING, '',
-      f'Command: `python bench/mixing.py` (run {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}).',
+      f'Command: `python bench/mixing.py` (run {now:%Y-%m-%d %H:%M %Z}).',
       f'Machine: {machine()}.', '', *table, '', limits, ''])
   text = RESULTS.read_text() if RESULTS.exists() else '# Benchmark results\n'
   pattern = re.compile(rf'^{re.escape(HEADING)}\n.*?(?=^## |\Z)', re.S | re.M)

@@ -118,16 +118,16 @@ def test_solve_matches_scipy_and_kkt_on_200_random_problems():
     assert np.max(np.abs(n - _scipy_solve(a, b, total, lower, upper, cost))) < 1e-6
     assert cost @ n == pytest.approx(total, rel=1e-12)
     assert np.all(n >= lower) and np.all(n <= upper)
-    # KKT with the analytic marginal gains b (n + a)^(-b-1) per unit cost: equal price for interior domains,
-    # no cheaper gain left at a lower bound, no dearer one at an upper bound.
+    # KKT with the analytic marginal gains b (n + a)^(-b-1) per unit cost: equal price for
+    # interior domains, no cheaper gain left at a lower bound, no dearer one at an upper bound.
     price = b * (n + a)**(-b - 1) / cost
     at_lower, at_upper = np.isclose(n, lower, rtol=1e-9), np.isclose(n, upper, rtol=1e-9)
     interior = ~(at_lower | at_upper)
     active_bounds += (~interior).any()
     lam = np.median(price[interior])
-    assert np.allclose(price[interior], lam, rtol=1e-6)
-    assert np.all(price[at_lower] <= lam * (1 + 1e-6))
-    assert np.all(price[at_upper] >= lam * (1 - 1e-6))
+    assert np.allclose(price[interior], lam, rtol=1e-9)
+    assert np.all(price[at_lower] <= lam * (1 + 1e-9))
+    assert np.all(price[at_upper] >= lam * (1 - 1e-9))
   assert active_bounds > 100  # the set exercises both free and bound-constrained optima
 
 

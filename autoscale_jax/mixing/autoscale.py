@@ -124,8 +124,8 @@ class AutoScaleModel:
                     'weights at the largest budget instead of extrapolated.', stacklevel=2)
       held |= set(shrinking.tolist())
     if np.any(np.diff(t) <= 0):
-      warnings.warn(f'The fitted scale t = {np.round(t, 3).tolist()} does not rise with the budget: '
-                    'the optima do not follow one scaling path; trust predictions less.',
+      warnings.warn(f'The fitted scale t = {np.round(t, 3).tolist()} does not rise with the '
+                    'budget: the optima do not follow one scaling path; trust predictions less.',
                     stacklevel=2)
     full_alpha, full_slope = np.full(m, np.nan), np.full(m, np.nan)
     full_alpha[free], full_slope[free] = alpha, slope

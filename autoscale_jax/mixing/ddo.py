@@ -110,10 +110,10 @@ def fit_domains(plan: Sequence[Perturbation], objectives: ArrayLike) -> list[Pow
 
 
 def _broadcast(name: str, value: ArrayLike | None, m: int, default: float) -> np.ndarray:
-  v = np.broadcast_to(np.asarray(default if value is None else value, np.float64), (m,)).copy()
-  if np.any(np.isnan(v)) or np.any(v < 0):
-    raise UserError(f'{name} must be >= 0 (a scalar or one value per domain); got {value!r}.')
-  return v
+  v = np.asarray(default if value is None else value, np.float64)
+  if v.ndim > 1 or v.size not in (1, m) or np.any(np.isnan(v)) or np.any(v < 0):
+    raise UserError(f'{name} must be >= 0, a scalar or one value per domain ({m}); got {value!r}.')
+  return np.broadcast_to(v, (m,)).copy()
 
 
 @jax.jit
@@ -188,7 +188,8 @@ def ddo_weights(n: ArrayLike, base_quantities: ArrayLike) -> np.ndarray:
   return q / q.sum()
 
 
-def pinned_domains(n: ArrayLike, lower: ArrayLike, upper: ArrayLike | None = None) -> tuple[int, ...]:
+def pinned_domains(n: ArrayLike, lower: ArrayLike,
+                   upper: ArrayLike | None = None) -> tuple[int, ...]:
   """Domains whose solved multiplier sits on a bound: their optimum is the bound, not the law's."""
   n = np.asarray(n, np.float64)
   lo = _broadcast('lower', lower, n.size, 0.0)

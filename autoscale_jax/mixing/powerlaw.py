@@ -93,7 +93,7 @@ def _projected_residuals(p: jax.Array, x: jax.Array, y: jax.Array, sw: jax.Array
 
 
 def _levenberg_marquardt(residuals, p, steps):
-  """Damped Gauss-Newton on residuals(p); rejected steps raise the damping, accepted ones lower it."""
+  """Damped Gauss-Newton on residuals(p): rejected steps raise the damping, accepted lower it."""
   jac = jax.jacfwd(residuals)
   eye = jnp.eye(p.size)
 
@@ -167,7 +167,7 @@ def _check_points(x: np.ndarray, ys: np.ndarray, w: np.ndarray) -> None:
   if not (np.all(np.isfinite(x)) and np.all(x > 0)):
     raise UserError('fit_power_law needs finite quantity multipliers x > 0.')
   if not np.all(np.isfinite(ys)):
-    raise UserError('fit_power_law needs finite objective ratios y (a run diverged or is missing?).')
+    raise UserError('fit_power_law needs finite objective ratios y (did a run diverge?).')
   if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
     raise UserError('fit_power_law needs finite weights >= 0.')
   if np.unique(x[w > 0]).size < _PARAMS:
