@@ -7,6 +7,7 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow_datasets as tfds
 
 from autoscale_jax.data import DataError, sources
 from data_helpers import domain, news
@@ -71,29 +72,25 @@ def test_user_errors_name_the_domain_and_the_fix(tmp_path, setup, source, match)
   assert "Domain 'mine'" in str(e.value)
 
 
-def build_tfds_dataset(data_dir, docs):
-  """A TFDS dataset in array_record format, built here without TensorFlow."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+class DataTestText(tfds.core.GeneratorBasedBuilder):
+  """A small TFDS text dataset (array_record needs no TensorFlow to build or read)."""
+  VERSION = tfds.core.Version('1.0.0')
 
-  class DataTestText(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version('1.0.0')
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
 
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self, features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(DOCS),
+            'validation': self._generate_examples(DOCS[:1])}
 
-    def _split_generators(self, dl_manager):
-      return {'train': self._generate_examples(docs), 'validation': self._generate_examples(docs[:1])}
-
-    def _generate_examples(self, items):
-      for i, d in enumerate(items):
-        yield i, {'text': d}
-
-  DataTestText(data_dir=str(data_dir), file_format='array_record').download_and_prepare()
+  def _generate_examples(self, items):
+    for i, d in enumerate(items):
+      yield i, {'text': d}
 
 
 def test_tfds_array_record_domain_without_tensorflow(tmp_path):
-  build_tfds_dataset(tmp_path, DOCS)
+  DataTestText(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
   assert 'tensorflow' not in sys.modules
   d = domain('tf', 'tfds:data_test_text', data_dir=str(tmp_path))
   assert sorted(sources.iter_documents(d)) == sorted(DOCS)  # TFDS orders records by key hash
@@ -105,6 +102,13 @@ def test_tfds_array_record_domain_without_tensorflow(tmp_path):
     list(sources.iter_documents(domain('tf', 'tfds:data_test_text:test', data_dir=str(tmp_path))))
   with pytest.raises(DataError, match="'no_such_dataset_xyz' is unknown"):
     list(sources.iter_documents(domain('tf', 'tfds:no_such_dataset_xyz', data_dir=str(tmp_path))))
+
+
+def test_tfds_tfrecord_domain_when_tensorflow_is_installed(tmp_path):
+  pytest.importorskip('tensorflow')
+  DataTestText(data_dir=str(tmp_path), file_format='tfrecord').download_and_prepare()
+  got = list(sources.iter_documents(domain('tf', 'tfds:data_test_text', data_dir=str(tmp_path))))
+  assert sorted(got) == sorted(DOCS)
 
 
 @pytest.mark.parametrize('name', list(sources.DEMO))
