@@ -1,7 +1,8 @@
 """One process of the 2-process loader test: loads its own slots, gathers the global batches.
 
 Usage: loader_worker.py PROCESS_ID PORT WORKDIR OUT.npz (4 CPU devices per process, set by the
-parent through XLA_FLAGS). Writes the global batches, this process's slots and the rows it read.
+parent through XLA_FLAGS). Writes the global batches, this process's slots, the rows it read and
+the hash of a tokenizer trained in a workdir of its own.
 """
 
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from autoscale_jax.data import loader, store
+from autoscale_jax.data import loader, store, tokenizer
 from data_helpers import COUNTS, BATCH, SEED, loader_config, RecordingRows
 
 
@@ -32,9 +33,14 @@ def main(process_id: int, port: int, workdir: str, out: str) -> None:
   val = [multihost_utils.process_allgather(b, tiled=True)
          for b in loader.val_batches(stores, BATCH, sharding)]
   reads = [(d, r) for d, rec in enumerate(recorders.values()) for r in rec.read]
+  # A tokenizer trained in a workdir of this process only: process 0 trains, both must agree.
+  wordpiece = loader_config(workdir)
+  wordpiece.model.family, wordpiece.data.tokenizer.kind = 'bert', 'train_wordpiece'
+  tok = tokenizer.get_tokenizer(wordpiece, f'{workdir}/own{process_id}')
   np.savez(out, **{f'{k}': np.stack([b[k] for b in batches]) for k in batches[0]},
            **{f'val_{k}': np.stack([b[k] for b in val]) for k in val[0]},
-           slots=data._assemble.slots, reads=np.array(reads).reshape(-1, 2))  # pylint: disable=protected-access
+           slots=data._assemble.slots,  # pylint: disable=protected-access
+           reads=np.array(reads).reshape(-1, 2), tokenizer_hash=tok.hash)
   multihost_utils.sync_global_devices('done')
 
 

@@ -126,7 +126,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_each_load_only_their_slice(workdir, stores, tmp_path):
+def test_two_processes_each_load_only_their_slice_and_share_a_tokenizer(workdir, stores, tmp_path):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
          'JAX_PLATFORMS': 'cpu'}
   worker = os.path.join(os.path.dirname(__file__), 'loader_worker.py')
@@ -143,6 +143,7 @@ def test_two_processes_each_load_only_their_slice(workdir, stores, tmp_path):
     for k in ('tokens', 'domain', 'mask'):
       np.testing.assert_array_equal(o[k], np.stack([b[k] for b in single]))
       np.testing.assert_array_equal(o[f'val_{k}'], np.stack([b[k] for b in single_val]))
+  assert out[0]['tokenizer_hash'] == out[1]['tokenizer_hash']  # trained once, on process 0
   slots = [set(o['slots'].tolist()) for o in out]
   assert slots[0].isdisjoint(slots[1]) and slots[0] | slots[1] == set(range(BATCH))
   assert slots[0] != set(range(BATCH // 2))  # non-contiguous slices, by construction

@@ -15,11 +15,11 @@ number N_i(p) of domain-i slots among the first p slots satisfies
 for every p, so ANY window of consecutive slots (W batches or not) holds domain i within
 (1 - w_i) + w_i (m - 1) <= max(1, m - 1) of its expected count. The position of one sequence in
 the stream (its rank) and the inverse (N_i(p), by bisection on ranks) are computed in closed form
-with exact 32-bit integer arithmetic, so a batch costs O(B m) work and no state.
+with exact 32-bit integer arithmetic, so a batch costs O(B m log T) work and no state.
 
 Rows (no repeat within an epoch). The k-th sequence of domain i reads row
 perm_{i,e}(k mod rows[i]) with epoch e = k // rows[i], where perm_{i,e} is a seeded bijection of
-[0, rows[i]): a 4-round Feistel network on the next even power of two, cycle-walked back into
+[0, rows[i]): a 4-round Feistel network on the smallest power of 4 >= rows[i], cycle-walked into
 range. Every row is used once before any repeats, each epoch has a fresh permutation, and a
 lookup is O(1).
 
@@ -80,7 +80,7 @@ def _mul_divmod(a: jax.Array, b: jax.Array, c: jax.Array) -> tuple[jax.Array, ja
   def step(i, qr):
     q, r = 2 * qr[0], 2 * qr[1]
     q, r = jnp.where(r >= c, q + 1, q), jnp.where(r >= c, r - c, r)
-    r = jnp.where((b >> (30 - i).astype(jnp.uint32)) & 1 == 1, r + a, r)
+    r = jnp.where(((b >> (30 - i).astype(jnp.uint32)) & 1) == 1, r + a, r)
     return jnp.where(r >= c, q + 1, q), jnp.where(r >= c, r - c, r)
 
   zero = jnp.zeros_like(a * b)

