@@ -1,10 +1,13 @@
 """Token stores: exact packing for GPT-2 and BERT, validation first, dtypes, cache reuse/rebuild."""
 
 import json
+import os
+import tempfile
 
 import numpy as np
 import pytest
 import tokenizers
+from etils import epath
 
 from autoscale_jax.data import DataError, store, tokenizer
 from data_helpers import config, domain, news
@@ -126,3 +129,28 @@ def test_demo_corpus_prepares_and_prints_the_table(tmp_path, capsys):
   for name, s in stores.items():
     assert s.meta['documents'] == 2 and s.train.shape[0] > 0
     assert any(l.split()[:3] == [name, '2', f'{s.train.shape[0]:,}'] for l in out.splitlines())
+
+
+def test_remote_workdir_cache_and_source(tmp_path, monkeypatch):
+  """gs:// paths (mocked onto tmp_path/gcs) for the source, the workdir and the token cache."""
+  bucket = tmp_path / 'gcs'
+
+  def redirect(fn, *args, **kwargs):
+    return fn(*(str(a).replace('gs://', f'{bucket}/') if isinstance(a, str | os.PathLike) else a
+                for a in args), **kwargs)
+
+  ops = ('copy', 'exists', 'glob', 'isdir', 'listdir', 'makedirs', 'mkdir', 'open', 'remove',
+         'rename', 'replace', 'rmtree', 'stat', 'walk')
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'local'))  # local copies for memmaps
+  (bucket / 'src').mkdir(parents=True)
+  (bucket / 'src' / 'docs.jsonl').write_text(''.join(json.dumps({'text': d}) + '\n' for d in DOCS))
+  c = config(domain('news', 'files:gs://src/*.jsonl'), kind='train_bpe')
+  c.data.cache_dir = 'gs://cache'
+  with epath.testing.mock_epath(**{op: redirect for op in ops}):
+    remote = store.prepare(c, 'gs://work')['news']
+  local = store.prepare(config(domain('news', f'files:{bucket}/src/*.jsonl'), kind='train_bpe'),
+                        tmp_path / 'w')['news']
+  np.testing.assert_array_equal(remote.train, local.train)
+  assert (bucket / 'cache' / 'news' / 'meta.json').exists()
+  assert (bucket / 'work' / 'tokenizer' / 'tokenizer.json').exists()
+  assert remote.train.filename.startswith(str(tmp_path / 'local'))
