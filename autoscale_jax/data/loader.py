@@ -60,7 +60,9 @@ class Loader:
   def __init__(self, stores: Mapping[str, DomainStore], counts: np.ndarray, *, seed: int,
                batch_size: int, sharding: NamedSharding, start_step: int = 0,
                prefetch: int = 2, max_epochs: int = 1):
-    """Args:
+    """Checks the run against the stores (counts, epochs); finds this process's batch slots.
+
+    Args:
       stores: the token stores, in domain-index order.
       counts: sequences of each domain for the whole run (exact totals are guaranteed).
       seed: picks the row permutations of every domain and epoch.
