@@ -23,6 +23,8 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from autoscale_jax import pipeline
   from autoscale_jax.errors import UserError
+  from autoscale_jax.train.mesh import maybe_initialize_distributed
+  maybe_initialize_distributed()
   config = _CONFIG.value
   try:
     pipeline.dispatch(config, _WORKDIR.value)

@@ -35,7 +35,7 @@ def make_trainer() -> Trainer:
   c.mesh.fsdp = 2
   model = build_model(c.model, vocab_size=VOCAB, seq_len=SEQ)
   return Trainer(model=model, train_cfg=c.train, mesh=mesh_lib.make_mesh(c.mesh),
-                 rules=c.mesh.rules, total_steps=TOTAL, num_domains=4)
+                 rules=c.mesh.rules, num_domains=4)
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
   start = int(state.step)
   losses = []
   for step in range(start, args.until):
-    state, m = trainer.step(state, trainer.put_batch(synthetic_batch(step, 16)))
+    state, m = trainer.step(state, trainer.put_batch(synthetic_batch(step, 16)), TOTAL)
     losses.append(float(m['loss']))
     ckpt.maybe_save(step + 1, state)
   ckpt.close()

@@ -69,18 +69,19 @@ def test_gpt2_is_causal(gpt2_params):
 def test_published_parameter_counts():
   small = gpt2.param_count(gpt2.config_for('small'))
   large = gpt2.param_count(gpt2.config_for('large'))
-  encoder = bert.param_count(bert.config_for('base', mlm_head=False))
+  encoder = bert.param_count(bert.config_for('base', mlm_head=False, pooler=True))
+  no_pooler = bert.param_count(bert.config_for('base', mlm_head=False))
   with_head = bert.param_count(bert.config_for('base'))
   print(f'GPT-2 small {small:,}  GPT-2 large {large:,}  BERT-base encoder {encoder:,}  '
         f'BERT-base + MLM head {with_head:,}')
   assert small == 124_439_808
   assert large == 774_030_080
-  # The published 109,482,240 of BERT-base includes the pooler (a d x d dense with bias), which
-  # MLM pre-training does not use and this model leaves out.
+  # The published BERT-base count includes the pooler (a d x d dense with bias).
+  assert encoder == 109_482_240
   d, vocab = 768, 30522
-  assert encoder + d * d + d == 109_482_240
+  assert no_pooler == encoder - d * d - d
   # MLM head: transform dense, its LayerNorm and the decoder bias (the decoder weight is tied).
-  assert with_head == encoder + d * d + d + 2 * d + vocab
+  assert with_head == no_pooler + d * d + d + 2 * d + vocab
 
 
 def fit_one_batch(loss_fn, params, batch, steps: int, lr: float) -> tuple[float, float]:

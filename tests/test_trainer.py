@@ -38,14 +38,14 @@ def _trainer(shape=(-1, 1, 1), devices=None, grad_accum=1, family='gpt2', dropou
   c.model.overrides = ml_collections.ConfigDict(dict(num_layers=1, d_model=64, max_len=64))
   model = build_model(c.model, vocab_size=VOCAB, seq_len=SEQ)
   return Trainer(model=model, train_cfg=c.train, mesh=mesh_lib.make_mesh(c.mesh, devices),
-                 rules=c.mesh.rules, total_steps=20, num_domains=4)
+                 rules=c.mesh.rules, num_domains=4)
 
 
 def _losses(trainer: Trainer, steps: int = 5) -> list[float]:
   state = trainer.init_state()
   out = []
   for s in range(steps):
-    state, m = trainer.step(state, trainer.put_batch(_batch(s % 2)))  # two batches: it can learn
+    state, m = trainer.step(state, trainer.put_batch(_batch(s % 2)), 20)  # two batches: it can learn
     out.append(float(m['loss']))
   return out
 
@@ -96,8 +96,8 @@ def test_grad_accumulation_step_matches_full_batch_step():
   full, accum = _trainer((2, 2, 2), grad_accum=1), _trainer((2, 2, 2), grad_accum=4)
   s1, s4 = full.init_state(), accum.init_state()
   for s in range(3):
-    s1, m1 = full.step(s1, full.put_batch(_batch(s)))
-    s4, m4 = accum.step(s4, accum.put_batch(_batch(s)))
+    s1, m1 = full.step(s1, full.put_batch(_batch(s)), 20)
+    s4, m4 = accum.step(s4, accum.put_batch(_batch(s)), 20)
     np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-6)
   # Adam divides by sqrt(v): float32 summation-order noise in near-zero gradients grows to
   # ~1e-6 in the parameters after a few steps; the gradients themselves agree to 1e-6 above.
@@ -113,7 +113,7 @@ def test_domain_sequences_counted_from_batches():
     b = _batch(s)
     b['mask'] = (np.arange(BATCH) < BATCH - s).astype(np.float32)  # padding slots don't count
     expected += np.bincount(b['domain'][b['mask'] > 0], minlength=4)
-    state, _ = trainer.step(state, trainer.put_batch(b))
+    state, _ = trainer.step(state, trainer.put_batch(b), 20)
   np.testing.assert_array_equal(np.asarray(state.domain_sequences), expected)
 
 
@@ -148,10 +148,9 @@ def test_decay_mask_only_kernels():
                   mask['mlp']['fc']['bias']])
   cfg = tiny.get_config().train
   cfg.lr, cfg.weight_decay, cfg.clip_norm = 0.1, 0.5, 0.0
-  tx, _ = optim.make_optimizer(cfg, total_steps=10)
+  tx = optim.make_optimizer(cfg)
   zero = jax.tree.map(jnp.zeros_like, params)
-  _, opt_state = tx.update(zero, tx.init(params), params)  # warmup step 0 has lr 0
-  updates, _ = tx.update(zero, opt_state, params)  # zero gradients: only decay moves a leaf
+  updates, _ = tx.update(zero, tx.init(params), params)  # zero gradients: only decay moves a leaf
   assert float(jnp.abs(updates['mlp']['fc']['kernel']).max()) > 0
   assert float(jnp.abs(updates['wte']['embedding']).max()) == 0
   assert float(jnp.abs(updates['mlp']['fc']['bias']).max()) == 0
@@ -189,7 +188,7 @@ def test_batch_not_divisible_by_data_parallel_is_refused():
   model = build_model(c.model, vocab_size=VOCAB, seq_len=SEQ)
   with pytest.raises(ConfigError, match='data-parallel size 8'):
     Trainer(model=model, train_cfg=c.train, mesh=mesh_lib.make_mesh(c.mesh),
-            rules=c.mesh.rules, total_steps=5, num_domains=4)
+            rules=c.mesh.rules, num_domains=4)
 
 
 def test_mesh_shapes_and_errors():

@@ -2,7 +2,9 @@
 
 Word + position + token-type embeddings with LayerNorm, post-LayerNorm blocks with exact GELU,
 padding masked out of attention, and the MLM head (dense + GELU + LayerNorm, then a decoder tied
-to the word embeddings with its own bias). There is no pooler: pre-training here is MLM only.
+to the word embeddings with its own bias). The pooler (tanh dense over [CLS]) is optional: MLM
+pre-training does not use it, but checkpoints meant for fine-tuning (and the published parameter
+count) include it.
 """
 
 import dataclasses
@@ -35,6 +37,7 @@ class BertConfig:
   scan_layers: bool = True  # nn.scan over blocks; params get a leading 'layers' axis
   attention_impl: str = 'xla'  # xla | cudnn, for jax.nn.dot_product_attention
   mlm_head: bool = True  # False: return the final hidden states
+  pooler: bool = False  # True: add the [CLS] pooler; its output goes to the 'intermediates' sow
   pad_id: int = 0
   unk_id: int = 100
   cls_id: int = 101
@@ -106,6 +109,11 @@ class BERT(nn.Module):
     x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
     mask = (tokens != cfg.pad_id)[:, None, None, :]  # keys that may be attended to
     x = layers.apply_blocks(Block, cfg, layers.constrain(x), mask, deterministic)
+    if cfg.pooler:
+      pooled = nn.tanh(nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                kernel_init=layers.normal(('embed', 'mlp')),
+                                bias_init=layers.zeros(('mlp',)), name='pooler')(x[:, 0]))
+      self.sow('intermediates', 'pooled', pooled)
     if not cfg.mlm_head:
       return x
     h = nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,

@@ -108,7 +108,7 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
   model: ModelSpec = build_model(config.model, vocab_size=tokenizer.vocab_size, seq_len=seq_len,
                                  special_ids=getattr(tokenizer, 'special_ids', None))
   trainer = Trainer(model=model, train_cfg=tcfg, mesh=mesh, rules=config.mesh.rules,
-                    total_steps=total_steps, num_domains=len(names), seed=config.seed)
+                    num_domains=len(names), seed=config.seed)
   fingerprint = run_fingerprint(config, counts, tokenizer.hash)
   run_dir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
@@ -136,7 +136,8 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
   # Data.
   data = loader_lib.Loader(stores, counts, seed=config.seed, batch_size=batch_size,
                            sharding=trainer.batch_shardings['domain'], start_step=start,
-                           prefetch=config.data.prefetch)
+                           prefetch=config.data.prefetch,
+                           max_epochs=config.data.max_epochs)
   val = loader_lib.val_batches(stores, int(config.eval.batch_size),
                                trainer.batch_shardings['domain'])
 
@@ -160,7 +161,7 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
   step = start
   with _Preemption() as preemption:
     for batch in data:
-      state, m = trainer.step(state, batch)
+      state, m = trainer.step(state, batch, total_steps)
       step += 1
       if step % tcfg.log_every == 0 or step == total_steps:
         m = jax.device_get(m)
@@ -173,7 +174,7 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
               f'or raise warmup_steps and rerun.')
         speed = meter.update(step, tokens_per_step)
         writer.write(step, {'loss': m['loss'], 'grad_norm': m['grad_norm'],
-                            'lr': float(trainer.schedule(step - 1)), **speed})
+                            'lr': m['lr'], **speed})
         mfu = f"  mfu {100 * speed['mfu']:.1f}%" if 'mfu' in speed else ''
         logging.info('[%s] step %d/%d  loss %.4f  %.0f tok/s%s  eta %s', name, step,
                      total_steps, m['loss'], speed['tokens_per_s'], mfu,

@@ -85,3 +85,26 @@ def batch_sharding(mesh: Mesh, rules: Sequence, ndim: int = 1) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh, rules: Sequence) -> int:
   return int(np.prod([mesh.shape[a] for a in batch_axes(rules)]))
+
+
+def maybe_initialize_distributed() -> None:
+  """Joins a multi-process job when the launcher asks for it (launch/*.sh set these variables).
+
+  AUTOSCALE_DISTRIBUTED=1 alone lets jax find the cluster itself (TPU pods, SLURM);
+  AUTOSCALE_COORDINATOR=host:port with AUTOSCALE_NUM_PROCESSES and AUTOSCALE_PROCESS_ID name it
+  explicitly (any cluster, or several processes on one machine).
+  """
+  import os
+  coordinator = os.environ.get('AUTOSCALE_COORDINATOR')
+  if coordinator:
+    try:
+      num_processes = int(os.environ['AUTOSCALE_NUM_PROCESSES'])
+      process_id = int(os.environ['AUTOSCALE_PROCESS_ID'])
+    except (KeyError, ValueError) as e:
+      raise ConfigError('AUTOSCALE_COORDINATOR is set, so AUTOSCALE_NUM_PROCESSES and '
+                        'AUTOSCALE_PROCESS_ID must be set to integers too (launch/*.sh do it).'
+                        ) from e
+    jax.distributed.initialize(coordinator_address=coordinator,
+                               num_processes=num_processes, process_id=process_id)
+  elif os.environ.get('AUTOSCALE_DISTRIBUTED', '0') == '1':
+    jax.distributed.initialize()

@@ -42,7 +42,7 @@ def write_text_atomic(path: epath.Path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f'.{path.name}.tmp-{jax.process_index()}'
   tmp.write_text(text)
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def write_json_atomic(path: epath.Path, obj) -> None:

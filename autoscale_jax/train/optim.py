@@ -1,33 +1,51 @@
-"""AdamW with warmup + decay, decoupled weight decay on matrices only, global-norm clipping."""
+"""AdamW with warmup + decay, decoupled weight decay on matrices only, global-norm clipping.
+
+The learning rate is a jnp function of (step, total_steps) applied inside the train step, not a
+constant baked into the optimizer: runs of different lengths then share one compiled step (the
+pipeline trains dozens of proxy runs with the same shapes), and a stacked batch of runs can give
+each run its own schedule length.
+"""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from autoscale_jax.errors import ConfigError
 
+SCHEDULES = ('cosine', 'linear', 'constant')
+
+
+def check_schedule(cfg: ml_collections.ConfigDict) -> None:
+  if cfg.schedule not in SCHEDULES:
+    raise ConfigError(f"config.train.schedule is '{cfg.schedule}'; use one of "
+                      f"{', '.join(SCHEDULES)}.")
+
+
+def learning_rate(cfg: ml_collections.ConfigDict, step, total_steps) -> jax.Array:
+  """Linear warmup from 0 to cfg.lr, then decay to min_lr_ratio * lr at the run's last step.
+
+  Each run decays over its own length, so every proxy run of a DDO is a complete training run.
+  """
+  check_schedule(cfg)
+  step = jnp.asarray(step, jnp.float32)
+  total = jnp.asarray(total_steps, jnp.float32)
+  warmup = jnp.minimum(jnp.float32(cfg.warmup_steps), jnp.maximum(total - 1, 0))
+  frac = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1), 0.0, 1.0)
+  peak, end = cfg.lr, cfg.lr * cfg.min_lr_ratio
+  if cfg.schedule == 'cosine':
+    after = end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+  elif cfg.schedule == 'linear':
+    after = peak + (end - peak) * frac
+  else:
+    after = jnp.full_like(frac, peak)
+  return jnp.where(step < warmup, peak * step / jnp.maximum(warmup, 1), after)
+
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup to cfg.lr, then cosine/linear/constant decay to min_lr_ratio * lr at the end.
-
-  The decay length is this run's own length, so runs of different budgets each finish their
-  schedule (what DDO needs: every proxy run is a complete training run).
-  """
-  warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
-  decay = max(total_steps - warmup, 1)
-  end = cfg.lr * cfg.min_lr_ratio
-  if cfg.schedule == 'cosine':
-    after = optax.cosine_decay_schedule(cfg.lr, decay, alpha=cfg.min_lr_ratio)
-  elif cfg.schedule == 'linear':
-    after = optax.linear_schedule(cfg.lr, end, decay)
-  elif cfg.schedule == 'constant':
-    after = optax.constant_schedule(cfg.lr)
-  else:
-    raise ConfigError(
-        f"config.train.schedule is '{cfg.schedule}'; use 'cosine', 'linear' or 'constant'.")
-  if warmup == 0:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
+  """The schedule of one run as a function of the step (for logs and plots)."""
+  check_schedule(cfg)
+  return lambda step: learning_rate(cfg, step, total_steps)
 
 
 def decay_mask(params):
@@ -37,10 +55,13 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  schedule = make_schedule(cfg, total_steps)
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW without the learning-rate scaling: the train step multiplies by -learning_rate(...).
+
+  Equivalent to optax.adamw (whose last stage is the same scaling), decay included.
+  """
+  check_schedule(cfg)
   parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, mask=decay_mask))
-  return optax.chain(*parts), schedule
+  parts += [optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+            optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask)]
+  return optax.chain(*parts)

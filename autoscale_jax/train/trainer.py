@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.models import ModelSpec
 from autoscale_jax.train import mesh as mesh_lib
-from autoscale_jax.train.optim import make_optimizer
+from autoscale_jax.train import optim
 
 Batch = dict[str, jax.Array]
 
@@ -74,9 +74,13 @@ def loss_and_grads(params, batch: Batch, rng: jax.Array, *, per_example_loss, gr
   return loss_sum, count, grads
 
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, per_example_loss,
-               tx: optax.GradientTransformation, grad_accum: int, num_domains: int):
-  """One optimizer step on the global batch; pure, so it is the same on 1 or 1000 devices."""
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, total_steps: jax.Array, *,
+               per_example_loss, tx: optax.GradientTransformation,
+               train_cfg: ml_collections.ConfigDict, grad_accum: int, num_domains: int):
+  """One optimizer step on the global batch; pure, so it is the same on 1 or 1000 devices.
+
+  `total_steps` is an argument (not a constant) so runs of any length share the compiled step.
+  """
   step_rng = jax.random.fold_in(rng, state.step)
   loss_sum, count, grads = loss_and_grads(state.params, batch, step_rng,
                                           per_example_loss=per_example_loss,
@@ -84,13 +88,14 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, per_example_l
   count = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  lr = optim.learning_rate(train_cfg, state.step, total_steps)
+  params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, updates)
   mask = batch.get('mask', jnp.ones(batch['domain'].shape, jnp.float32))
   seen = jax.ops.segment_sum((mask > 0).astype(jnp.int32), batch['domain'],
                              num_segments=num_domains)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             domain_sequences=state.domain_sequences + seen)
-  metrics = {'loss': loss_sum / count, 'grad_norm': optax.tree.norm(grads),
+  metrics = {'loss': loss_sum / count, 'grad_norm': optax.tree.norm(grads), 'lr': lr,
              'tokens': count}
   return new_state, metrics
 
@@ -147,12 +152,11 @@ class Trainer:
   train_cfg: ml_collections.ConfigDict
   mesh: Mesh
   rules: Sequence
-  total_steps: int
   num_domains: int
   seed: int = 0
 
   def __post_init__(self):
-    self.tx, self.schedule = make_optimizer(self.train_cfg, self.total_steps)
+    self.tx = optim.make_optimizer(self.train_cfg)
     self.grad_accum = int(self.train_cfg.grad_accum)
     batch = int(self.train_cfg.batch_size)
     dp = mesh_lib.data_parallel_size(self.mesh, self.rules)
@@ -185,10 +189,10 @@ class Trainer:
         'mask': mesh_lib.batch_sharding(self.mesh, self.rules, 1),
     }
     step = functools.partial(train_step, per_example_loss=self.model.per_example_loss,
-                             tx=self.tx, grad_accum=self.grad_accum,
+                             tx=self.tx, train_cfg=self.train_cfg, grad_accum=self.grad_accum,
                              num_domains=self.num_domains)
     self._train_step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings,
-                                                   replicated),
+                                                   replicated, replicated),
                                out_shardings=(self.state_shardings, replicated),
                                donate_argnums=(0,))
     evaluate = functools.partial(eval_step, per_example_loss=self.model.per_example_loss,
@@ -223,9 +227,10 @@ class Trainer:
     batch.setdefault('mask', np.ones(np.shape(batch['domain']), np.float32))
     return {k: jax.device_put(np.asarray(v), self.batch_shardings[k]) for k, v in batch.items()}
 
-  def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+  def step(self, state: TrainState, batch: Batch, total_steps: int) -> tuple[TrainState, dict]:
+    """One step of a run that is `total_steps` long (sets where the schedule is)."""
     with self.mesh_context():
-      return self._train_step(state, batch, self.rng)
+      return self._train_step(state, batch, self.rng, np.int32(total_steps))
 
   def evaluate(self, params, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
     """Per-domain mean loss and token counts over fixed validation batches."""
