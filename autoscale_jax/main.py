@@ -24,9 +24,9 @@ def main(argv) -> None:
   from autoscale_jax import pipeline
   from autoscale_jax.errors import UserError
   from autoscale_jax.train.mesh import maybe_initialize_distributed
-  maybe_initialize_distributed()
   config = _CONFIG.value
   try:
+    maybe_initialize_distributed()
     pipeline.dispatch(config, _WORKDIR.value)
   except UserError as e:
     logging.error('%s', e)

@@ -5,6 +5,10 @@ import os
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Worker subprocesses (multi-process tests) import the package from this checkout.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    p for p in (_ROOT, os.environ.get('PYTHONPATH', '')) if p)
 
 # Compiled programs are cached on disk across the test processes of one CI run (the subprocess
 # tests compile the same steps again); the cache only saves time, never changes a result.

@@ -84,10 +84,25 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def build_trainer(config: ml_collections.ConfigDict, tokenizer, num_domains: int,
+                  mesh: jax.sharding.Mesh | None = None) -> Trainer:
+  """The model and its jitted steps; one Trainer serves every run of an experiment, whatever
+  its length (the schedule length is a traced input), so the steps compile once."""
+  mesh = mesh or mesh_lib.make_mesh(config.mesh)
+  model: ModelSpec = build_model(config.model, vocab_size=tokenizer.vocab_size,
+                                 seq_len=int(config.data.seq_len),
+                                 special_ids=getattr(tokenizer, 'special_ids', None))
+  return Trainer(model=model, train_cfg=config.train, mesh=mesh, rules=config.mesh.rules,
+                 num_domains=num_domains, seed=config.seed)
+
+
 def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: np.ndarray,
         stores: dict, tokenizer, mesh: jax.sharding.Mesh | None = None,
-        name: str = 'run') -> dict:
-  """Trains one model on exactly counts[i] sequences of domain i; returns (and saves) its result."""
+        trainer: Trainer | None = None, name: str = 'run') -> dict:
+  """Trains one model on exactly counts[i] sequences of domain i; returns (and saves) its result.
+
+  `trainer` (from build_trainer with the same config) lets many runs share compiled steps.
+  """
   run_dir = epath.Path(run_dir)
   result_path = run_dir / 'result.json'
   if result_path.exists():
@@ -104,11 +119,8 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
                       f'batch of {batch_size}; raise the budget or lower config.train.batch_size.')
 
   # Mesh, model, shardings.
-  mesh = mesh or mesh_lib.make_mesh(config.mesh)
-  model: ModelSpec = build_model(config.model, vocab_size=tokenizer.vocab_size, seq_len=seq_len,
-                                 special_ids=getattr(tokenizer, 'special_ids', None))
-  trainer = Trainer(model=model, train_cfg=tcfg, mesh=mesh, rules=config.mesh.rules,
-                    num_domains=len(names), seed=config.seed)
+  trainer = trainer or build_trainer(config, tokenizer, len(names), mesh)
+  mesh, model = trainer.mesh, trainer.model
   fingerprint = run_fingerprint(config, counts, tokenizer.hash)
   run_dir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
