@@ -30,7 +30,7 @@ import numpy as np
 from etils import epath
 
 from autoscale_jax.data import DataError, sources
-from autoscale_jax.data._io import temp_name, write_atomic
+from autoscale_jax.io import temp_name, write_bytes_atomic
 from autoscale_jax.data.tokenizer import Tokenizer, get_tokenizer
 
 FORMAT = 1  # bump when the layout or the packing changes
@@ -150,7 +150,7 @@ def _build(config: Any, domain_cfg: Mapping[str, Any], tok: Tokenizer, folder: e
                     'some training data: add documents, raise config.data.max_docs or lower '
                     'val_sequences.')
   tmp.replace(folder / 'train.bin')
-  write_atomic(folder / 'val.bin', np.asarray(val).astype(meta['dtype']).tobytes())
+  write_bytes_atomic(folder / 'val.bin', np.asarray(val).astype(meta['dtype']).tobytes())
   meta.update(documents=docs, val_documents=val_docs, tokens=train_tokens,
               train_sequences=n_train)
   elapsed = time.time() - start
@@ -183,7 +183,7 @@ def prepare(config: Any, workdir: str | os.PathLike[str]) -> dict[str, DomainSto
     folder.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # a crash mid-build must not leave a valid-looking store
     _build(config, domain_cfg, tok, folder, meta)
-    write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+    write_bytes_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
     stores[domain_cfg.name] = _open(folder, meta)
   _print_table(stores)
   return stores

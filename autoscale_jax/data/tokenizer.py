@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from autoscale_jax.data import DataError, sources
-from autoscale_jax.data._io import write_atomic
+from autoscale_jax.io import write_bytes_atomic
 
 EOS = '<|endoftext|>'
 BERT_SPECIALS = {'pad': '[PAD]', 'unk': '[UNK]', 'cls': '[CLS]', 'sep': '[SEP]', 'mask': '[MASK]'}
@@ -155,8 +155,8 @@ def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
   if not cached:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / 'spec.json').unlink(missing_ok=True)
-    write_atomic(folder / 'tokenizer.json', text.encode())
-    write_atomic(folder / 'spec.json', key.encode())
+    write_bytes_atomic(folder / 'tokenizer.json', text.encode())
+    write_bytes_atomic(folder / 'spec.json', key.encode())
   return Tokenizer(tokenizers.Tokenizer.from_str(text))
 
 

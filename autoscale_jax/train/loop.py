@@ -20,6 +20,7 @@ from etils import epath
 from autoscale_jax.data import loader as loader_lib
 from autoscale_jax.data import mixture
 from autoscale_jax.errors import ConfigError, UserError
+from autoscale_jax.io import write_json_atomic
 from autoscale_jax.models import ModelSpec, build_model
 from autoscale_jax.train import mesh as mesh_lib
 from autoscale_jax.train import metrics as metrics_lib
@@ -124,7 +125,7 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
   fingerprint = run_fingerprint(config, counts, tokenizer.hash)
   run_dir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    metrics_lib.write_json_atomic(run_dir / 'config.json', {
+    write_json_atomic(run_dir / 'config.json', {
         'config': json.loads(config.to_json_best_effort()), 'counts': counts.tolist(),
         'domains': names, 'fingerprint': fingerprint, 'total_steps': total_steps})
 
@@ -226,5 +227,5 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
       'wall_s_last_session': time.time() - t0,
   }
   if jax.process_index() == 0:
-    metrics_lib.write_json_atomic(result_path, result)
+    write_json_atomic(result_path, result)
   return result

@@ -7,6 +7,8 @@ import jax
 from absl import logging
 from etils import epath
 
+from autoscale_jax.io import write_text_atomic
+
 # Dense bf16 peak FLOP/s per device (vendor figures); fp32 runs reach less, set train.peak_flops.
 PEAK_FLOPS = {
     'TPU v3': 123e12,
@@ -34,19 +36,6 @@ def device_peak_flops(configured: float = 0.0, device: jax.Device | None = None)
     if kind.startswith(prefix):
       return PEAK_FLOPS[prefix]
   return 0.0
-
-
-def write_text_atomic(path: epath.Path, text: str) -> None:
-  """Write-then-rename, so readers (and a rerun after a kill) never see a partial file."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f'.{path.name}.tmp-{jax.process_index()}'
-  tmp.write_text(text)
-  tmp.replace(path)
-
-
-def write_json_atomic(path: epath.Path, obj) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
 class MetricWriter:
