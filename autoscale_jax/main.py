@@ -4,6 +4,7 @@ Dispatches on config.mode. Mistakes a user can fix end in one sentence and exit 
 never a traceback; nothing already in the workdir is touched by a failed start.
 """
 
+import logging as py_logging
 import os
 import sys
 
@@ -18,12 +19,20 @@ _WORKDIR = flags.DEFINE_string('workdir', '/tmp/autoscale_jax',
                                'Where data caches, runs and reports go (local path or gs://).')
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Orbax narrates every checkpoint at INFO; keep its warnings, drop the chatter."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from autoscale_jax import pipeline
   from autoscale_jax.errors import UserError
   from autoscale_jax.train.mesh import maybe_initialize_distributed
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   try:
     maybe_initialize_distributed()

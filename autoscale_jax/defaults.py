@@ -1,0 +1,123 @@
+"""Every config field with its default and meaning; configs/*.py start from here.
+
+The defaults are the demo (configs/demo.py): a tiny GPT-2 on the built-in demo corpus, the whole
+AutoScale pipeline on a laptop CPU. Configs for real runs override what differs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = 'autoscale'  # prepare | train | ddo | predict | autoscale (all of them, then report) | report
+  c.seed = 0  # seeds parameter init, dropout, the mixture sampler and BERT masking
+  c.dry_run = False  # print the run plan (runs, tokens, steps, devices) and exit without training
+
+  # --- model ---------------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.family = 'gpt2'  # gpt2 (causal LM) | bert (masked LM)
+  c.model.size = 'tiny'  # gpt2: tiny|small|medium|large|xl; bert: tiny|base|large
+  c.model.overrides = ml_collections.ConfigDict()  # per-field overrides of the named size, e.g. num_layers=1
+  c.model.dropout = 0.0  # dropout on embeddings, attention probabilities and residual branches
+  c.model.dtype = 'float32'  # compute dtype (bfloat16 on accelerators)
+  c.model.param_dtype = 'float32'  # parameter / optimizer-state dtype (keep float32)
+  c.model.remat = 'none'  # none | full | dots: rematerialization policy of each block
+  c.model.scan_layers = True  # nn.scan over blocks: one compiled block, fast compiles for deep models
+
+  # --- data ----------------------------------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  # Each domain: name (used in weights and reports), source (files:GLOB | tfds:NAME[/CONFIG][:SPLIT]
+  # | demo:NAME), text_key (field holding the text in jsonl/parquet/tfds records).
+  c.data.domains = tuple(
+      ml_collections.ConfigDict(dict(name=n, source=f'demo:{n}', text_key='text'))
+      for n in ('code', 'speeches', 'plays', 'news'))
+  c.data.seq_len = 128  # tokens per training sequence (targets); stored rows hold seq_len + 1 for GPT-2
+  c.data.val_sequences = 64  # validation sequences per domain, carved out before any training data
+  c.data.max_docs = 0  # read at most this many documents per domain (0 = all)
+  c.data.tokenizer = ml_collections.ConfigDict()
+  c.data.tokenizer.kind = 'train_bpe'  # train_bpe | train_wordpiece | gpt2 (real GPT-2 BPE) | file
+  c.data.tokenizer.path = ''  # tokenizer.json when kind == 'file'
+  c.data.tokenizer.vocab_size = 4096  # size of a trained tokenizer
+  c.data.tokenizer.train_chars = 2_000_000  # characters of training text per domain used to train it
+  c.data.cache_dir = ''  # token store location; '' = <workdir>/data
+  c.data.prefetch = 2  # batches prepared ahead on a background thread
+  c.data.max_epochs = 1  # >1 allows a run to repeat a domain's rows (warned); 1 = never repeat
+
+  # --- training ------------------------------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.tokens = 1_000_000  # training budget in target tokens for mode=train
+  # Mixture for mode=train: 'uniform', 'natural' (proportional to each domain's tokens) or a dict
+  # {domain: weight} summing to 1.
+  c.train.weights = 'uniform'
+  c.train.batch_size = 16  # global batch in sequences (split over data x fsdp)
+  c.train.grad_accum = 1  # micro-batches per step; batch_size must divide by it
+  c.train.lr = 3e-3  # peak learning rate
+  c.train.warmup_steps = 20  # linear warmup from 0
+  c.train.schedule = 'cosine'  # cosine | linear | constant: decay after warmup to min_lr_ratio * lr
+  c.train.min_lr_ratio = 0.1  # final learning rate as a fraction of the peak
+  c.train.weight_decay = 0.1  # AdamW decay on matrices only (not biases, LayerNorm, embeddings)
+  c.train.b1 = 0.9  # Adam beta1
+  c.train.b2 = 0.95  # Adam beta2
+  c.train.eps = 1e-8  # Adam epsilon
+  c.train.clip_norm = 1.0  # global gradient-norm clip (0 disables)
+  c.train.log_every = 50  # steps between log lines and metric records
+  c.train.eval_every = 0  # steps between evaluations (0 = only at the end)
+  c.train.checkpoint_every = 200  # steps between checkpoints (and one at the end)
+  c.train.keep_checkpoints = 2  # checkpoints kept on disk
+  c.train.async_checkpoint = True  # write checkpoints in the background where orbax allows
+  c.train.stack_runs = False  # train all runs of a DDO budget as one vmapped program
+  c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = look the device up in the table
+
+  # --- evaluation ----------------------------------------------------------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.objective = 'mean_ppl'  # mean_ppl | mean_loss | weighted_ppl | weighted_loss
+  c.eval.objective_weights = ml_collections.ConfigDict()  # {domain: weight} for weighted_*; held-out domains only = zero weight elsewhere
+  c.eval.batch_size = 64  # validation batch in sequences
+
+  # --- DDO: the 2m+1 proxy runs at each small budget -------------------------------------------
+  c.ddo = ml_collections.ConfigDict()
+  c.ddo.budgets = (400_000, 1_200_000)  # token budgets of the DDO proxy runs (>= 2 for AutoScale)
+  c.ddo.base_weights = 'uniform'  # base mixture: 'uniform', 'natural' or {domain: weight} (all > 0)
+  c.ddo.factors = (0.2, 3.0)  # each domain's quantity is scaled by each factor, the others fixed
+  c.ddo.replicates = 1  # seeds per plan entry (> 1 gives the fits seed noise for the interval)
+  c.ddo.upper = 'factor'  # multiplier cap: 'factor' (largest factor tested, and the data) | 'data'
+
+  # --- AutoScale prediction --------------------------------------------------------------------
+  c.predict = ml_collections.ConfigDict()
+  c.predict.targets = (4_800_000,)  # token budgets to predict the optimal mixture for
+  c.predict.interval_level = 0.9  # coverage of the reported bootstrap interval on each weight
+  c.predict.interval_samples = 100  # bootstrap samples behind the interval
+  # Seed-to-seed spread of objective ratios (std) used to resample the fits; 0 = resample the fit
+  # residuals only (zero width with the paper's 3-point fits; then run ddo.replicates > 1).
+  c.predict.noise = 0.005
+
+  # --- validation: target runs of the predicted mixture against baselines -----------------------
+  c.validate = ml_collections.ConfigDict()
+  c.validate.enabled = True  # train the predicted mixture and the baselines at the targets
+  c.validate.targets = ()  # target budgets to validate at; () = every predict.targets entry
+  # Baseline mixtures by name: 'uniform', 'natural' or {domain: weight} summing to 1.
+  c.validate.baselines = ml_collections.ConfigDict({'uniform': 'uniform', 'natural': 'natural'})
+  c.validate.eval_every = 20  # steps between evaluations of validation runs (objective curves)
+
+  # --- mesh ----------------------------------------------------------------------------------
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # data-parallel size; -1 = all devices left over
+  c.mesh.fsdp = 1  # parameter-sharded data parallelism
+  c.mesh.tensor = 1  # tensor (model) parallelism
+  c.mesh.dcn_data = 1  # multi-slice: data-parallel size across slices (over DCN)
+  c.mesh.dcn_fsdp = 1  # multi-slice: fsdp size across slices
+  c.mesh.dcn_tensor = 1  # multi-slice: tensor size across slices (keep 1)
+  # Logical parameter/activation axis -> mesh axis (None = replicated). Batch spans data and fsdp.
+  c.mesh.rules = (
+      ('batch', ('data', 'fsdp')),
+      ('embed', 'fsdp'),
+      ('vocab', 'tensor'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('kv', None),
+      ('length', None),
+      ('layers', None),
+      ('norm', None),
+      ('position', None),
+  )
+  return c
