@@ -6,6 +6,27 @@ AutoScale pipeline on a laptop CPU. Configs for real runs override what differs.
 
 import ml_collections
 
+# The paper's seven RedPajama-1T domains (our name -> the dataset's folder) and LLaMA's mixture of
+# them, the usual baseline.
+REDPAJAMA = {'cc': 'common_crawl', 'c4': 'c4', 'github': 'github', 'books': 'book',
+             'wiki': 'wikipedia', 'arxiv': 'arxiv', 'stackexchange': 'stackexchange'}
+LLAMA_WEIGHTS = {'cc': 0.67, 'c4': 0.15, 'github': 0.045, 'books': 0.045, 'wiki': 0.045,
+                 'arxiv': 0.025, 'stackexchange': 0.02}
+
+
+def domain(name: str, source: str, text_key: str = 'text',
+           eval_only: bool = False) -> ml_collections.ConfigDict:
+  """A data.domains entry. eval_only domains are measured by the objective but never trained on
+  (held-out evaluation); mixtures, DDO and weights cover the other domains."""
+  return ml_collections.ConfigDict(dict(name=name, source=source, text_key=text_key,
+                                        eval_only=eval_only))
+
+
+def redpajama_domains(data_dir: str) -> tuple[ml_collections.ConfigDict, ...]:
+  """The RedPajama domains from jsonl(.gz) files under data_dir/<folder>/ (local or gs://)."""
+  return tuple(domain(name, f'files:{data_dir}/{folder}/*.jsonl*')
+               for name, folder in REDPAJAMA.items())
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -26,11 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- data ----------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  # Each domain: name (used in weights and reports), source (files:GLOB | tfds:NAME[/CONFIG][:SPLIT]
-  # | demo:NAME), text_key (field holding the text in jsonl/parquet/tfds records).
-  c.data.domains = tuple(
-      ml_collections.ConfigDict(dict(name=n, source=f'demo:{n}', text_key='text'))
-      for n in ('code', 'speeches', 'plays', 'news'))
+  # Each domain (see domain()): name (used in weights and reports), source (files:GLOB |
+  # tfds:NAME[/CONFIG][:SPLIT] | demo:NAME), text_key (the text field of jsonl/parquet/tfds
+  # records), eval_only (held out: measured, never trained on).
+  c.data.domains = tuple(domain(n, f'demo:{n}') for n in ('code', 'speeches', 'plays', 'news'))
   c.data.seq_len = 128  # tokens per training sequence (targets); stored rows hold seq_len + 1 for GPT-2
   c.data.val_sequences = 64  # validation sequences per domain, carved out before any training data
   c.data.max_docs = 0  # read at most this many documents per domain (0 = all)

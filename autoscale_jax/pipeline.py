@@ -81,6 +81,15 @@ def _write_json(path: epath.Path, obj) -> None:
     write_json_atomic(path, obj)
 
 
+def trainable_mask(config: ml_collections.ConfigDict) -> np.ndarray:
+  """Domains a mixture may train on; `eval_only` domains are only measured (held out)."""
+  mask = np.array([not d.get('eval_only', False) for d in config.data.domains])
+  if not mask.any():
+    raise ConfigError('every domain in config.data.domains is eval_only; at least one domain must '
+                      'be trainable (set eval_only=False on it).')
+  return mask
+
+
 def _positive_tokens(values, field: str) -> list[int]:
   values = [values] if np.isscalar(values) else list(values)
   if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
@@ -159,6 +168,10 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path):
     from autoscale_jax.data import store, tokenizer
+    from autoscale_jax.train.trainer import objective
+    # Settings only a finished run would otherwise exercise are checked before any work.
+    objective({d.name: 0.0 for d in config.data.domains}, config.eval)
+    trainable_mask(config)
     self.config = config
     self.workdir = workdir
     self.tokenizer = tokenizer.get_tokenizer(config, workdir)
@@ -167,6 +180,8 @@ class Experiment:
     self.seq_len = int(config.data.seq_len)
     self.rows = np.array([s.train.shape[0] for s in self.stores.values()], np.int64)
     self.natural = np.array([s.meta['tokens'] for s in self.stores.values()], np.float64)
+    self.trainable = trainable_mask(config)
+    self.mix_names = [n for n, t in zip(self.names, self.trainable) if t]  # the mixture's domains
     self._trainers = {}
     self._session_tokens = 0
     self._session_seconds = 0.0
@@ -203,6 +218,12 @@ class Experiment:
           f"'{self.names[i]}' but its store holds {int(self.rows[i]) * self.seq_len:,} "
           f'(x{self.config.data.max_epochs} epochs); lower the budget, add data '
           f'(config.data.max_docs=0 reads all) or allow repetition with config.data.max_epochs.')
+
+  def full(self, counts: np.ndarray) -> np.ndarray:
+    """Counts over the mixture's domains -> counts over all domains (0 for eval-only ones)."""
+    out = np.zeros(len(self.names), np.int64)
+    out[self.trainable] = counts
+    return out
 
   # -- training
   def _trainer(self, seed: int):
@@ -247,11 +268,14 @@ class Experiment:
 
 # ------------------------------------------------------------------------------ DDO
 def ddo_plan(config: ml_collections.ConfigDict, names: list[str], natural: np.ndarray,
-             budget: int, seq_len: int) -> tuple[list[Perturbation], list[RunSpec], np.ndarray]:
-  """The 2m+1 (x replicates) runs of one budget, with quantities rounded to whole sequences.
+             trainable: np.ndarray, budget: int,
+             seq_len: int) -> tuple[list[Perturbation], list[RunSpec], np.ndarray]:
+  """The 2m+1 (x replicates) runs of one budget over the trainable domains, with quantities
+  rounded to whole sequences; run counts cover all domains (0 for eval-only ones).
 
   The perturbations carry the realised token quantities, so the fits use what was trained.
   """
+  all_names, names, natural = names, [n for n, t in zip(names, trainable) if t], natural[trainable]
   base_w = resolve_weights(config.ddo.base_weights, names, natural, 'config.ddo.base_weights')
   if np.any(base_w <= 0):
     raise ConfigError('config.ddo.base_weights must give every domain a weight > 0 (DDO scales '
@@ -268,7 +292,9 @@ def ddo_plan(config: ml_collections.ConfigDict, names: list[str], natural: np.nd
     label = 'base' if p.domain is None else f'{names[p.domain]} x{p.factor:g}'
     if config.ddo.replicates > 1:
       label += f' seed{p.replicate}'
-    specs.append(RunSpec(label, counts, int(config.seed) + p.replicate))
+    full = np.zeros(len(all_names), np.int64)
+    full[trainable] = counts
+    specs.append(RunSpec(label, full, int(config.seed) + p.replicate))
   return plan, specs, plan[0].quantities
 
 
@@ -288,14 +314,15 @@ def ddo_bounds(config: ml_collections.ConfigDict, base: np.ndarray,
 
 def run_ddo_budget(exp: Experiment, budget: int, index: int, count: int) -> dict:
   """Trains (or reuses) one budget's runs, fits each domain, solves; writes budgets/<tokens>/."""
-  config, names = exp.config, exp.names
+  config, names = exp.config, exp.mix_names
   folder = exp.workdir / 'budgets' / _tokens_key(budget)
   optimum_path = folder / 'optimum.json'
   stage = f'ddo {index + 1}/{count} @ {budget:,} tokens'
   if optimum_path.exists():
     logging.info('[%s] done earlier; reusing %s.', stage, optimum_path)
     return _read_json(optimum_path)
-  plan, specs, base = ddo_plan(config, names, exp.natural, budget, exp.seq_len)
+  plan, specs, base = ddo_plan(config, exp.names, exp.natural, exp.trainable, budget,
+                               exp.seq_len)
   _write_json(folder / 'plan.json', {
       'budget': budget, 'domains': names, 'base_quantities': base.tolist(),
       'factors': list(config.ddo.factors), 'replicates': int(config.ddo.replicates),
@@ -309,7 +336,7 @@ def run_ddo_budget(exp: Experiment, budget: int, index: int, count: int) -> dict
   notes = [str(w.message) for w in caught]
   for note in notes:
     logging.warning('[%s] %s', stage, note)
-  available = exp.rows * int(config.data.max_epochs) * float(exp.seq_len)
+  available = exp.rows[exp.trainable] * int(config.data.max_epochs) * float(exp.seq_len)
   lower, upper = ddo_bounds(config, base, available)
   problem = DDOProblem(base, tuple(fits), lower, tuple(upper))
   n = problem.multipliers()
@@ -336,7 +363,8 @@ def check_ddo(exp: Experiment) -> list[int]:
   """Every budget's data needs, checked before the first run trains; the sorted budgets."""
   budgets = sorted(_positive_tokens(exp.config.ddo.budgets, 'config.ddo.budgets'))
   for budget in budgets:
-    _, specs, _ = ddo_plan(exp.config, exp.names, exp.natural, budget, exp.seq_len)
+    _, specs, _ = ddo_plan(exp.config, exp.names, exp.natural, exp.trainable, budget,
+                           exp.seq_len)
     for spec in specs:
       exp.check_run(spec, f'config.ddo.budgets ({budget:,} tokens)')
   return budgets
@@ -404,7 +432,7 @@ def predict(config: ml_collections.ConfigDict, workdir: epath.Path,
 def _validation_mixtures(exp: Experiment, predictions: dict, target: int) -> dict[str, np.ndarray]:
   mixtures = {'predicted': np.asarray(predictions['targets'][_tokens_key(target)]['weights'])}
   for name, weights in exp.config.validate.baselines.items():
-    mixtures[name] = resolve_weights(weights, exp.names, exp.natural,
+    mixtures[name] = resolve_weights(weights, exp.mix_names, exp.natural[exp.trainable],
                                      f'config.validate.baselines.{name}')
   return mixtures
 
@@ -436,7 +464,8 @@ def validation_targets(config: ml_collections.ConfigDict) -> list[int]:
 
 def _baseline_specs(exp: Experiment, mixtures: dict[str, np.ndarray], target: int) -> list[RunSpec]:
   from autoscale_jax.train.loop import counts_from_weights
-  return [RunSpec(name, counts_from_weights(w, target, exp.seq_len), int(exp.config.seed),
+  return [RunSpec(name, exp.full(counts_from_weights(w, target, exp.seq_len)),
+                  int(exp.config.seed),
                   int(exp.config.validate.eval_every)) for name, w in mixtures.items()]
 
 
@@ -446,7 +475,8 @@ def check_validation(exp: Experiment) -> None:
     raise ConfigError("config.validate.baselines may not be named 'predicted' (that is the "
                       'predicted mixture); rename the baseline.')
   for target in validation_targets(exp.config):
-    baselines = {n: resolve_weights(w, exp.names, exp.natural, f'config.validate.baselines.{n}')
+    baselines = {n: resolve_weights(w, exp.mix_names, exp.natural[exp.trainable],
+                                    f'config.validate.baselines.{n}')
                  for n, w in exp.config.validate.baselines.items()}
     for spec in _baseline_specs(exp, baselines, target):
       exp.check_run(spec, f'config.validate.targets ({target:,} tokens)')
@@ -472,7 +502,8 @@ def validate(exp: Experiment, predictions: dict) -> list[dict]:
                     'val_ppl': r['val_ppl'], 'curve': r['evals'],
                     'predicted_reaches_at': reach,
                     'tokens_saved': None if reach is None else 1.0 - reach / total}
-    summary = {'target': target, 'domains': exp.names, 'runs': runs}
+    summary = {'target': target, 'domains': exp.names, 'mixture_domains': exp.mix_names,
+               'runs': runs}
     _write_json(exp.workdir / 'validation' / f'{_tokens_key(target)}.json', summary)
     for name, r in runs.items():
       if name != 'predicted':
@@ -490,9 +521,11 @@ def train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   """mode=train: one run of config.train.tokens tokens with config.train.weights."""
   from autoscale_jax.train.loop import counts_from_weights
   exp = Experiment(config, workdir)
-  weights = resolve_weights(config.train.weights, exp.names, exp.natural, 'config.train.weights')
+  weights = resolve_weights(config.train.weights, exp.mix_names, exp.natural[exp.trainable],
+                            'config.train.weights')
   tokens = _positive_tokens(config.train.tokens, 'config.train.tokens')[0]
-  spec = RunSpec('train', counts_from_weights(weights, tokens, exp.seq_len), int(config.seed),
+  spec = RunSpec('train', exp.full(counts_from_weights(weights, tokens, exp.seq_len)),
+                 int(config.seed),
                  int(config.train.eval_every))
   exp.check_run(spec, 'config.train.tokens')
   result = exp.train([spec], 'train')[0]
@@ -511,6 +544,8 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = prin
   from autoscale_jax.train import mesh as mesh_lib
   from autoscale_jax.train.loop import counts_from_weights
   names = [d.name for d in config.data.domains]
+  trainable = trainable_mask(config)
+  mix_names = [n for n, t in zip(names, trainable) if t]
   seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
   try:
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -520,30 +555,40 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = prin
   out(f'Plan for mode={config.mode}: {config.model.family}-{config.model.size}, '
       f'{len(names)} domains, seq_len {seq_len}, batch {batch} sequences '
       f'({batch * seq_len:,} tokens/step); {devices}.')
-  ones = np.ones(len(names))
   rows = []
 
-  def add(stage, name, counts):
+  def add(stage: str, name: str, counts: np.ndarray) -> None:
     rows.append((stage, name, int(counts.sum()) * seq_len, num_steps(counts, batch),
                  ' '.join(f'{int(c) * seq_len:,}' for c in counts)))
 
+  def mixture(weights, field: str) -> tuple[np.ndarray, str]:
+    """Weights over all domains; 'natural' needs the data, so it is shown as uniform."""
+    if isinstance(weights, str) and weights == 'natural':
+      weights, note = 'uniform', ' (natural: shares known after prepare)'
+    else:
+      note = ''
+    full = np.zeros(len(names))
+    full[trainable] = resolve_weights(weights, mix_names, np.ones(len(mix_names)), field)
+    return full, note
+
   if config.mode == 'train':
-    w = ones / ones.sum() if config.train.weights == 'natural' else resolve_weights(
-        config.train.weights, names, ones, 'config.train.weights')
-    add('train', str(config.train.weights), counts_from_weights(w, config.train.tokens, seq_len))
+    w, note = mixture(config.train.weights, 'config.train.weights')
+    add('train', str(config.train.weights) + note,
+        counts_from_weights(w, config.train.tokens, seq_len))
   if config.mode in ('ddo', 'autoscale'):
+    natural = config.ddo.base_weights == 'natural'
     for b in sorted(_positive_tokens(config.ddo.budgets, 'config.ddo.budgets')):
-      natural_note = config.ddo.base_weights == 'natural'
-      _, specs, _ = ddo_plan(config, names, ones, b, seq_len)
-      for s in specs:
-        add(f'ddo {b:,}', s.name + (' (natural: sizes after prepare)' if natural_note else ''),
-            s.counts)
+      _, specs, _ = ddo_plan(config, names, np.ones(len(names)), trainable, b, seq_len)
+      for spec in specs:
+        add(f'ddo {b:,}', spec.name + (' (natural base: sizes after prepare)' if natural else ''),
+            spec.counts)
   if config.mode == 'autoscale' and config.validate.enabled:
     for t in validation_targets(config):
-      even = counts_from_weights(ones / len(names), t, seq_len)
-      add(f'validate {t:,}', 'predicted (weights after DDO)', even)
-      for name in config.validate.baselines:
-        add(f'validate {t:,}', name, even)
+      even, _ = mixture('uniform', 'config.validate')
+      add(f'validate {t:,}', 'predicted (weights after DDO)', counts_from_weights(even, t, seq_len))
+      for name, weights in config.validate.baselines.items():
+        w, note = mixture(weights, f'config.validate.baselines.{name}')
+        add(f'validate {t:,}', name + note, counts_from_weights(w, t, seq_len))
   if config.mode in ('predict', 'autoscale'):
     out('predict: targets ' + ', '.join(f'{t:,}' for t in sorted(
         _positive_tokens(config.predict.targets, 'config.predict.targets'))) + ' tokens')

@@ -121,7 +121,7 @@ def _validation_section(validations: list[dict]) -> list[str]:
       rows.append([mixture, r['objective'], *[r['val_ppl'][n] for n in names], saved])
     out += _table(['mixture', 'objective', *[f'ppl {n}' for n in names],
                    'tokens saved by predicted'], rows)
-    out += _table(['mixture', *names],
+    out += _table(['mixture', *v['mixture_domains']],
                   [[m, *[f'{w:.3f}' for w in r['weights']]] for m, r in v['runs'].items()])
   out += ['"Tokens saved": 1 - (tokens the predicted mixture needs to reach the baseline\'s final '
           'objective) / (the baseline\'s tokens), read off the evaluation curve with linear '

@@ -1,0 +1,191 @@
+"""The AutoScale pipeline end to end on the tiny config: artifacts, kill and resume, report rebuild,
+the dry-run plan, the workdir lock and the tokens-saved arithmetic."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from autoscale_jax import pipeline
+from autoscale_jax.errors import ConfigError
+from autoscale_jax.mixing import PowerLaw
+
+ROOT = pathlib.Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / 'configs'))
+import gpt2_large  # noqa: E402  pylint: disable=g-import-not-at-top
+import tiny  # noqa: E402  pylint: disable=g-import-not-at-top
+
+# Three demo domains: 7 DDO runs per budget, 4 validation runs (predicted + 3 baselines).
+CONFIG_FILE = '''
+import sys
+sys.path.insert(0, {configs!r})
+import ml_collections
+import tiny
+
+def get_config():
+  c = tiny.get_config()
+  c.mode = 'autoscale'
+  c.data.domains = tuple(d for d in c.data.domains if d.name != 'news')
+  c.data.max_docs = 150
+  c.ddo.budgets = (6_144, 12_288)
+  c.predict.targets = (24_576,)
+  c.validate.baselines = ml_collections.ConfigDict(
+      {{'uniform': 'uniform', 'natural': 'natural',
+        'code_heavy': {{'code': 0.6, 'speeches': 0.2, 'plays': 0.2}}}})
+  return c
+'''
+
+
+def _config():
+  namespace = {}
+  exec(CONFIG_FILE.format(configs=str(ROOT / 'configs')), namespace)  # pylint: disable=exec-used
+  return namespace['get_config']()
+
+
+def _results(workdir: pathlib.Path) -> dict[str, tuple[bytes, int]]:
+  return {p.parent.name: (p.read_bytes(), p.stat().st_mtime_ns)
+          for p in (workdir / 'runs').glob('*/result.json')}
+
+
+def test_autoscale_end_to_end_survives_a_kill_and_rebuilds_its_report(tmp_path):
+  config_path = tmp_path / 'config.py'
+  config_path.write_text(CONFIG_FILE.format(configs=str(ROOT / 'configs')))
+  workdir = tmp_path / 'work'
+
+  # Start the pipeline in a subprocess and kill it in the middle of the first DDO budget.
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'autoscale_jax.main', f'--config={config_path}',
+       f'--workdir={workdir}'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while len(_results(workdir)) < 3 and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  before = _results(workdir)
+  assert 3 <= len(before) < 7, f'the kill should land inside budget 1: {len(before)} runs done'
+  assert not (workdir / 'budgets' / '6144' / 'optimum.json').exists()
+  assert (workdir / 'LOCK').exists()  # left by the killed process: the rerun must take it over
+
+  # Rerun to the end (in this process); nothing finished is trained again.
+  config = _config()
+  pipeline.dispatch(config, str(workdir))
+  after = _results(workdir)
+  assert {k: after[k] for k in before} == before
+  assert len(after) == 7 + 7 + 4
+  assert not (workdir / 'LOCK').exists()
+
+  # Every artifact, consistent with the runs on disk.
+  names = ['code', 'speeches', 'plays']
+  seq_len = config.data.seq_len
+  for budget in (6144, 12288):
+    folder = workdir / 'budgets' / str(budget)
+    plan = json.loads((folder / 'plan.json').read_text())
+    fits = json.loads((folder / 'fits.json').read_text())
+    optimum = json.loads((folder / 'optimum.json').read_text())
+    assert plan['domains'] == names and len(plan['runs']) == 7
+    objectives = {}
+    for run in plan['runs']:
+      result = json.loads((workdir / 'runs' / run['fingerprint'] / 'result.json').read_text())
+      # Each run trained exactly the requested tokens of each domain.
+      assert result['trained_tokens'] == [c * seq_len for c in run['counts']]
+      assert result['requested_sequences'] == run['counts']
+      objectives[run['name']] = result['objective']
+    base = objectives['base']
+    for i, name in enumerate(names):
+      law = PowerLaw.from_dict(fits['fits'][i])
+      x = np.array(law.x)
+      # The fitted points are the measured objective ratios of the domain's runs.
+      measured = {1.0: base / base, 0.2: objectives[f'{name} x0.2'] / base,
+                  3.0: objectives[f'{name} x3'] / base}
+      np.testing.assert_allclose(law(x) + np.array(law.residuals),
+                                 [measured[min(measured, key=lambda f: abs(f - v))] for v in x],
+                                 rtol=1e-9)
+    weights = np.array(optimum['weights'])
+    np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-9)
+    np.testing.assert_allclose(np.array(optimum['quantities']).sum(), budget, rtol=1e-9)
+    multipliers = np.array(optimum['multipliers'])
+    assert np.all(multipliers >= 0.2 - 1e-9) and np.all(multipliers <= 3.0 + 1e-9)
+
+  predictions = json.loads((workdir / 'autoscale' / 'predictions.json').read_text())
+  target = predictions['targets']['24576']
+  np.testing.assert_allclose(np.sum(target['quantities']), 24576, rtol=1e-9)
+  assert all(lo <= w <= hi for w, lo, hi in zip(target['weights'], target['low'], target['high']))
+  assert json.loads((workdir / 'autoscale' / 'model.json').read_text())['domains'] == names
+
+  validation = json.loads((workdir / 'validation' / '24576.json').read_text())
+  assert set(validation['runs']) == {'predicted', 'uniform', 'natural', 'code_heavy'}
+  np.testing.assert_allclose(validation['runs']['predicted']['weights'], target['weights'])
+  for name, run in validation['runs'].items():
+    assert run['curve'][-1]['tokens'] == 24576 and len(run['curve']) >= 3
+    if name != 'predicted':
+      reach = run['predicted_reaches_at']
+      assert (run['tokens_saved'] is None) == (reach is None)
+      if reach is not None:
+        np.testing.assert_allclose(run['tokens_saved'], 1 - reach / 24576)
+
+  report = workdir / 'report' / 'report.md'
+  text = report.read_text()
+  for heading in ('## DDO budgets', '## AutoScale prediction', '## Validation'):
+    assert heading in text
+  for png in ('fits.png', 'weights.png', 'validation.png'):
+    data = (workdir / 'report' / png).read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000
+    assert f']({png})' in text
+
+  # mode=report rebuilds the same report from the workdir alone.
+  for p in (workdir / 'report').iterdir():
+    p.unlink()
+  config.mode = 'report'
+  pipeline.dispatch(config, str(workdir))
+  assert report.read_text() == text
+  assert (workdir / 'report' / 'weights.png').exists()
+  assert _results(workdir) == after
+
+
+def test_dry_run_prints_the_full_plan_of_the_paper_config():
+  lines = []
+  pipeline.dry_run(gpt2_large.get_config(), lines.append)  # no data needed, nothing trained
+  runs = [l.split() for l in lines if l.startswith(('ddo ', 'validate '))]
+  # 7 domains: 2 x 15 DDO runs, then predicted + uniform + LLaMA at the 3B validation target.
+  assert sum(r[:2] == ['ddo', '300,000,000'] for r in runs) == 15
+  assert sum(r[:2] == ['ddo', '1,200,000,000'] for r in runs) == 15
+  assert sum(r[0] == 'validate' for r in runs) == 3
+  base = next(r for r in runs if r[:3] == ['ddo', '300,000,000', 'base'])
+  per_domain = [int(v.replace(',', '')) for v in base[-7:]]
+  assert per_domain == [per_domain[0]] * 7 and abs(sum(per_domain) - 300_000_000) < 7 * 1024
+  assert int(base[4].replace(',', '')) == -(-sum(per_domain) // (256 * 1024))  # steps
+  llama = next(r for r in runs if r[2] == 'llama')
+  cc = int(llama[-7].replace(',', ''))
+  assert abs(cc - 0.67 * 3_000_000_000) <= 1024
+  assert lines[0].startswith('Plan for mode=autoscale: gpt2-large, 7 domains, seq_len 1024')
+  assert lines[-1].startswith('33 runs')
+
+
+def test_a_second_pipeline_on_the_same_workdir_is_refused(tmp_path):
+  holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    (tmp_path / 'LOCK').write_text(json.dumps(
+        {'host': os.uname().nodename, 'pid': holder.pid, 'since': 'now'}))
+    config = tiny.get_config()
+    config.mode = 'prepare'
+    with pytest.raises(ConfigError, match=rf'in use by another pipeline .*pid {holder.pid}'):
+      pipeline.dispatch(config, str(tmp_path))
+    assert (tmp_path / 'LOCK').exists()  # the holder's lock is left alone
+  finally:
+    holder.kill()
+    holder.wait()
+
+
+def test_tokens_to_reach_interpolates_the_curve():
+  curve = [{'tokens': 100, 'objective': 10.0}, {'tokens': 200, 'objective': 6.0},
+           {'tokens': 300, 'objective': 5.0}]
+  assert pipeline.tokens_to_reach(curve, 8.0) == pytest.approx(150.0)
+  assert pipeline.tokens_to_reach(curve, 12.0) == 100.0
+  assert pipeline.tokens_to_reach(curve, 5.0) == 300.0
+  assert pipeline.tokens_to_reach(curve, 4.9) is None
