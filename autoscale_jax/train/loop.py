@@ -85,6 +85,93 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def checked_num_steps(name: str, counts: np.ndarray, batch_size: int) -> int:
+  """Steps of a run of `counts` sequences; refuses a budget smaller than one batch."""
+  total_steps = mixture.num_steps(counts, batch_size)
+  if total_steps < 1:
+    raise ConfigError(f'[{name}] the budget holds {int(np.sum(counts))} sequences, less than one '
+                      f'batch of {batch_size}; raise the budget or lower config.train.batch_size.')
+  return total_steps
+
+
+def write_run_config(run_dir: epath.Path, config: ml_collections.ConfigDict, *,
+                     counts: np.ndarray, names: list[str], fingerprint: str, total_steps: int,
+                     **extra) -> None:
+  """<run_dir>/config.json: what the run is (config, counts, fingerprint, length)."""
+  if jax.process_index() == 0:
+    write_json_atomic(epath.Path(run_dir) / 'config.json', {
+        'config': json.loads(config.to_json_best_effort()),
+        'counts': np.asarray(counts).tolist(), 'domains': list(names),
+        'fingerprint': fingerprint, 'total_steps': int(total_steps), **extra})
+
+
+def resume_records(writer: metrics_lib.MetricWriter, start: int, total_steps: int) -> list[dict]:
+  """Drops the records a resumed run will write again; returns the evaluations it keeps.
+
+  Records past the restored step go, and so does a final evaluation (step == total_steps)
+  written before a kill that came ahead of result.json: it is redone, not listed twice.
+  """
+  writer.truncate(start)
+  writer.records = [r for r in writer.records
+                    if not ('objective' in r and r['step'] >= total_steps)]
+  return [r for r in writer.records if 'objective' in r]
+
+
+def record_eval(writer: metrics_lib.MetricWriter, name: str, step: int, names: list[str],
+                losses, eval_cfg: ml_collections.ConfigDict) -> dict:
+  """Writes one evaluation (objective and per-domain losses) to the run's metrics and log."""
+  per_domain = {n: float(l) for n, l in zip(names, losses)}
+  record = {'objective': objective(per_domain, eval_cfg),
+            **{f'val_loss/{n}': l for n, l in per_domain.items()}}
+  writer.write(step, record)
+  logging.info('[%s] eval step %d: objective %.4f  %s', name, step, record['objective'],
+               '  '.join(f'{n} {math.exp(l):.2f}' for n, l in per_domain.items()))
+  return {'step': step, **record}
+
+
+def diverged(name: str, loss: float, step: int, ckpt: Checkpointer) -> TrainingDiverged:
+  """The error for a non-finite loss, naming the last good checkpoint."""
+  ckpt.wait()
+  good = ckpt.manager.latest_step()
+  return TrainingDiverged(
+      f'[{name}] the training loss became {loss} at step {step}; the last good checkpoint is '
+      f'step {good} in {ckpt.manager.directory}; lower config.train.lr or raise warmup_steps and '
+      f'rerun.')
+
+
+def result_record(config: ml_collections.ConfigDict, *, name: str, fingerprint: str,
+                  names: list[str], counts: np.ndarray, seen: np.ndarray, stores: dict,
+                  steps: int, evals: list[dict], wall_s: float) -> dict:
+  """The result.json of a finished run (the same for single and stacked runs).
+
+  `evals` are record_eval's returns in step order, the last one the final evaluation; `seen`
+  the sequences of each domain the run trained on.
+  """
+  final = evals[-1]
+  seq_len = int(config.data.seq_len)
+  tokens_per_step = int(config.train.batch_size) * seq_len
+  counts, seen = np.asarray(counts, np.int64), np.asarray(seen, np.int64)
+  rows = np.array([s.train.shape[0] for s in stores.values()])
+  return {
+      'name': name,
+      'fingerprint': fingerprint,
+      'domains': list(names),
+      'objective': final['objective'],
+      'objective_kind': config.eval.objective,
+      'val_loss': {n: final[f'val_loss/{n}'] for n in names},
+      'val_ppl': {n: math.exp(final[f'val_loss/{n}']) for n in names},
+      'requested_sequences': counts.tolist(),
+      'trained_sequences': seen.tolist(),
+      'trained_tokens': (seen * seq_len).tolist(),
+      'epochs': mixture.epochs(counts, rows).tolist(),
+      'steps': int(steps),
+      'seq_len': seq_len,
+      'evals': [{'step': e['step'], 'objective': e['objective'],
+                 'tokens': e['step'] * tokens_per_step} for e in evals],
+      'wall_s_last_session': wall_s,
+  }
+
+
 def build_trainer(config: ml_collections.ConfigDict, tokenizer, num_domains: int,
                   mesh: jax.sharding.Mesh | None = None) -> Trainer:
   """The model and its jitted steps; one Trainer serves every run of an experiment, whatever
@@ -114,20 +201,15 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
   tcfg = config.train
   seq_len = int(config.data.seq_len)
   batch_size = int(tcfg.batch_size)
-  total_steps = mixture.num_steps(counts, batch_size)
-  if total_steps < 1:
-    raise ConfigError(f'[{name}] the budget holds {int(counts.sum())} sequences, less than one '
-                      f'batch of {batch_size}; raise the budget or lower config.train.batch_size.')
+  total_steps = checked_num_steps(name, counts, batch_size)
 
   # Mesh, model, shardings.
   trainer = trainer or build_trainer(config, tokenizer, len(names), mesh)
   mesh, model = trainer.mesh, trainer.model
   fingerprint = run_fingerprint(config, counts, tokenizer.hash)
   run_dir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    write_json_atomic(run_dir / 'config.json', {
-        'config': json.loads(config.to_json_best_effort()), 'counts': counts.tolist(),
-        'domains': names, 'fingerprint': fingerprint, 'total_steps': total_steps})
+  write_run_config(run_dir, config, counts=counts, names=names, fingerprint=fingerprint,
+                   total_steps=total_steps)
 
   # Restore or initialise.
   ckpt = Checkpointer(run_dir / 'checkpoints', fingerprint=fingerprint,
@@ -143,8 +225,7 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
     start = int(meta['step'])
     logging.info('[%s] resuming from the checkpoint at step %d of %d.', name, start, total_steps)
   writer = metrics_lib.MetricWriter(run_dir)
-  writer.truncate(start)
-  evals = [r for r in writer.records if 'objective' in r]
+  evals = resume_records(writer, start, total_steps)
 
   # Data.
   data = loader_lib.Loader(stores, counts, seed=config.seed, batch_size=batch_size,
@@ -156,13 +237,7 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
 
   def evaluate(step: int) -> dict:
     losses, _ = trainer.evaluate(state.params, val)
-    per_domain = {n: float(l) for n, l in zip(names, losses)}
-    record = {'objective': objective(per_domain, config.eval),
-              **{f'val_loss/{n}': l for n, l in per_domain.items()}}
-    writer.write(step, record)
-    logging.info('[%s] eval step %d: objective %.4f  %s', name, step, record['objective'],
-                 '  '.join(f'{n} {math.exp(l):.2f}' for n, l in per_domain.items()))
-    return {'step': step, **record}
+    return record_eval(writer, name, step, names, losses, config.eval)
 
   # Loop.
   tokens_per_step = batch_size * seq_len
@@ -179,12 +254,7 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
       if step % tcfg.log_every == 0 or step == total_steps:
         m = jax.device_get(m)
         if not np.isfinite(m['loss']):
-          ckpt.wait()
-          good = ckpt.manager.latest_step()
-          raise TrainingDiverged(
-              f'[{name}] the training loss became {m["loss"]} at step {step}; the last good '
-              f'checkpoint is step {good} in {run_dir / "checkpoints"}; lower config.train.lr '
-              f'or raise warmup_steps and rerun.')
+          raise diverged(name, m['loss'], step, ckpt)
         speed = meter.update(step, tokens_per_step)
         writer.write(step, {'loss': m['loss'], 'grad_norm': m['grad_norm'],
                             'lr': m['lr'], **speed})
@@ -202,30 +272,13 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
         raise SystemExit(f'[{name}] preempted (SIGTERM): checkpoint saved at step {step}; rerun '
                          f'the same command to resume.')
 
-  final = evaluate(step)
-  evals.append(final)
+  evals.append(evaluate(step))
   ckpt.close()
   writer.close()
   seen = np.asarray(jax.device_get(state.domain_sequences), np.int64)
-  rows = np.array([s.train.shape[0] for s in stores.values()])
-  result = {
-      'name': name,
-      'fingerprint': fingerprint,
-      'domains': names,
-      'objective': final['objective'],
-      'objective_kind': config.eval.objective,
-      'val_loss': {n: final[f'val_loss/{n}'] for n in names},
-      'val_ppl': {n: math.exp(final[f'val_loss/{n}']) for n in names},
-      'requested_sequences': counts.tolist(),
-      'trained_sequences': seen.tolist(),
-      'trained_tokens': (seen * seq_len).tolist(),
-      'epochs': mixture.epochs(counts, rows).tolist(),
-      'steps': step,
-      'seq_len': seq_len,
-      'evals': [{'step': e['step'], 'objective': e['objective'],
-                 'tokens': e['step'] * tokens_per_step} for e in evals],
-      'wall_s_last_session': time.time() - t0,
-  }
+  result = result_record(config, name=name, fingerprint=fingerprint, names=names,
+                         counts=counts, seen=seen, stores=stores, steps=step, evals=evals,
+                         wall_s=time.time() - t0)
   if jax.process_index() == 0:
     write_json_atomic(result_path, result)
   return result
