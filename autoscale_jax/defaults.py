@@ -85,7 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200  # steps between checkpoints (and one at the end)
   c.train.keep_checkpoints = 2  # checkpoints kept on disk
   c.train.async_checkpoint = True  # write checkpoints in the background where orbax allows
-  c.train.stack_runs = False  # train all runs of a DDO budget as one vmapped program
+  # 'auto' | True | False: train a DDO budget's runs as one vmapped program (train/stacked.py);
+  # 'auto' stacks when the memory estimate fits the device and logs which it chose and why.
+  c.train.stack_runs = ml_collections.FieldReference('auto', field_type=object)
   c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = look the device up in the table
 
   # --- evaluation ----------------------------------------------------------------------------
