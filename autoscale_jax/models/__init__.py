@@ -45,8 +45,14 @@ def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int
     raise ConfigError(f"config.model.size is '{cfg.size}'; {cfg.family} sizes are "
                       f'{sorted(lib.SIZES)}.')
   fields = dict(cfg.overrides.to_dict()) if cfg.get('overrides') else {}
-  fields.update(vocab_size=padded_vocab(vocab_size), dropout=cfg.dropout, dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype, remat=cfg.remat, scan_layers=cfg.scan_layers)
+  fixed_vocab = fields.get('vocab_size')
+  if fixed_vocab is not None and vocab_size > int(fixed_vocab):
+    raise ConfigError(f'the tokenizer has {vocab_size} tokens but '
+                      f'config.model.overrides.vocab_size is {fixed_vocab}; raise vocab_size to at least {vocab_size}, remove the '
+                      'override, or use a smaller tokenizer (config.data.tokenizer).')
+  fields.update(vocab_size=padded_vocab(max(vocab_size, int(fixed_vocab or 0))),
+                dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                remat=cfg.remat, scan_layers=cfg.scan_layers)
   if cfg.get('attention_impl'):
     fields['attention_impl'] = cfg.attention_impl
   if cfg.family == 'bert':
@@ -57,6 +63,8 @@ def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int
   except TypeError as e:
     raise ConfigError(f'config.model.overrides has a field the {cfg.family} config does not '
                       f'know ({e}); remove it.') from None
+  except ValueError as e:  # the config's own checks (heads divide d_model, remat, ...)
+    raise ConfigError(f'config.model: {e}') from None
   if seq_len > model_config.max_len:
     raise ConfigError(f'config.data.seq_len is {seq_len} but the model context (max_len) is '
                       f'{model_config.max_len}; lower seq_len or raise '

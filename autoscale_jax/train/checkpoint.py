@@ -1,13 +1,95 @@
-"""Orbax checkpoints of the train state, with a fingerprint check and fallback past bad steps."""
+"""Orbax checkpoints of the train state, with a fingerprint check and fallback past bad steps.
 
+Every checkpoint carries, next to the state, a small JSON `meta` item: the run's fingerprint
+(and optionally a description of what shaped the run, to say what differs when it is refused),
+the step, and a checksum of every state leaf computed on device before the save. Restoring
+takes the newest checkpoint that reads back whole AND matches its checksums, so a truncated,
+half-deleted or bit-flipped checkpoint (which orbax/tensorstore may read without complaint) is
+detected. An unreadable checkpoint is moved aside to `<directory>.unreadable/<step>` (kept for
+inspection, out of the manager's sight) and the previous good one is used, with a warning.
+"""
+
+import functools
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from autoscale_jax.errors import ConfigError
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """sum_i bits[i] * (2 i + 1) mod 2**32 over the leaf's 32-bit words, i the flat index.
+
+  Integer wrap-around sums are exact and order-free, so the value does not depend on the mesh
+  or the number of processes; any single flipped bit changes it (odd multipliers), and
+  reordered values change it too. Built from per-dimension iotas, so no reshape re-shards a
+  sharded leaf.
+  """
+  x = jnp.asarray(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = x.dtype.itemsize
+  if size == 8:
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)  # trailing axis of 2 words
+  else:
+    bits = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size])
+    bits = bits.astype(jnp.uint32)
+  index = jnp.zeros(bits.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(bits.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * jnp.uint32(
+        stride % 2**32)
+    stride *= bits.shape[axis]
+  return jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
+
+
+@functools.lru_cache(maxsize=None)
+def _checksums_fn(mesh: Mesh | None):
+  def checksums(leaves):
+    return jnp.stack([_leaf_checksum(x) for x in leaves])
+  if mesh is None:
+    return jax.jit(checksums)
+  return jax.jit(checksums, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def state_checksums(state: Any) -> list[int]:
+  """One uint32 checksum per leaf of `state`, the same on every process."""
+  leaves = jax.tree_util.tree_leaves(state)
+  if not leaves:
+    return []
+  mesh = next((x.sharding.mesh for x in leaves
+               if isinstance(getattr(x, 'sharding', None), NamedSharding)), None)
+  return [int(c) for c in np.asarray(jax.device_get(_checksums_fn(mesh)(leaves)))]
+
+
+def _flat(d: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(d, dict):
+    out = {}
+    for k, v in d.items():
+      out.update(_flat(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: d}
+
+
+def _differences(saved: dict | None, current: dict | None, limit: int = 3) -> str:
+  """' (model.d_model: 64 in the checkpoint, 32 now; ...)' or '' when unknown."""
+  if not saved or not current:
+    return ''
+  a, b = _flat(saved), _flat(current)
+  keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  if not keys:
+    return ''
+  parts = [f'{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now' for k in keys[:limit]]
+  more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
+  return ' (' + '; '.join(parts) + more + ')'
 
 
 class Checkpointer:
@@ -15,60 +97,97 @@ class Checkpointer:
 
   `fingerprint` identifies what the state means (model config, optimizer, mixture); a checkpoint
   with another fingerprint is refused instead of being loaded into a different model.
+  `description` (JSON-able dict of what the fingerprint hashes) lets that refusal name the
+  fields that differ.
   """
 
   def __init__(self, directory: epath.PathLike, *, fingerprint: str, every: int, keep: int,
-               use_async: bool = True):
+               use_async: bool = True, description: dict | None = None):
     self.fingerprint = fingerprint
+    self.description = description
     self.every = max(int(every), 1)
+    self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=use_async,
         cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(epath.Path(directory), options=options,
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('state', 'meta'))
+
+  def due(self, step: int, *, final: bool = False) -> bool:
+    """Whether maybe_save(step) would write a checkpoint."""
+    return (final or step % self.every == 0) and step not in self.manager.all_steps()
 
   def maybe_save(self, step: int, state: Any, *, final: bool = False,
                  extra: dict | None = None) -> bool:
-    if not final and step % self.every:
+    if not self.due(step, final=final):
       return False
-    if step in self.manager.all_steps():
-      return False
-    meta = {'fingerprint': self.fingerprint, 'step': int(step), **(extra or {})}
+    meta = {'fingerprint': self.fingerprint, 'step': int(step),
+            'checksums': state_checksums(state), **(extra or {})}
+    if self.description is not None:
+      meta['description'] = self.description
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
     return True
+
+  def latest_step(self) -> int | None:
+    """The newest checkpoint written (or being written) by this run."""
+    return self.manager.latest_step()
 
   def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
     """The newest checkpoint that reads back whole, or None when there is none."""
     steps = sorted(self.manager.all_steps(), reverse=True)
     for i, step in enumerate(steps):
+      state, meta, error = None, None, None
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = meta['meta']
       except Exception as e:  # unreadable metadata = corrupt checkpoint
-        self._skip(step, steps[i + 1:], e)
-        continue
-      if meta.get('fingerprint') != self.fingerprint:
+        error = e
+      if meta is not None and meta.get('fingerprint') != self.fingerprint:
         raise ConfigError(
-            f'the checkpoint at step {step} in {self.manager.directory} was written by a run with '
-            f'a different model/optimizer/mixture (fingerprint {meta.get("fingerprint")} != '
-            f'{self.fingerprint}); use a fresh workdir or restore the original config.')
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-        state = restored['state']
-        jax.block_until_ready(state)
-      except Exception as e:
-        self._skip(step, steps[i + 1:], e)
-        continue
-      return state, meta
+            f'The checkpoint at step {step} in {self.directory} belongs to a run with a different '
+            f'model, optimizer, mixture or data'
+            f'{_differences(meta.get("description"), self.description)}; restore that config or '
+            f'point the run at a fresh directory.')
+      if error is None:
+        try:
+          restored = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state)))
+          state = restored['state']
+          jax.block_until_ready(state)
+          expected = meta.get('checksums')
+          if expected is not None and state_checksums(state) != list(expected):
+            raise ValueError('the state does not match the checksums saved with it')
+        except Exception as e:
+          error = e
+      if _everywhere(error is None):
+        return state, meta
+      self._set_aside(step, steps[i + 1:], error)
     return None
 
-  @staticmethod
-  def _skip(step: int, rest: list[int], error: Exception) -> None:
+  def _set_aside(self, step: int, rest: list[int], error: Exception | None) -> None:
+    """Moves an unreadable checkpoint out of the manager's sight (kept for inspection)."""
+    why = (f'{type(error).__name__}: {str(error).splitlines()[0][:200]}' if error is not None
+           else 'another process could not read it')
     where = f'falling back to step {rest[0]}' if rest else 'starting from scratch'
-    logging.warning('checkpoint at step %d is unreadable (%s: %s); %s.', step,
-                    type(error).__name__, str(error).splitlines()[0][:200], where)
+    source = self.directory / str(step)
+    target = self.directory.parent / f'{self.directory.name}.unreadable' / (
+        f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    if jax.process_index() == 0:
+      try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(target)
+        moved = f'moved to {target}'
+      except Exception as e:  # a store without directory renames: delete it instead
+        logging.warning('Could not move %s aside (%s); deleting it.', source, e)
+        source.rmtree(missing_ok=True)
+        moved = 'deleted'
+    else:
+      moved = 'moved aside by process 0'
+    logging.warning('The checkpoint at step %d in %s is unreadable (%s); %s, %s.', step,
+                    self.directory, why, moved, where)
+    _barrier(f'checkpoint_set_aside_{step}')
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -76,3 +195,15 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _everywhere(ok: bool) -> bool:
+  """True when `ok` holds on every process (each process reads its own shards)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

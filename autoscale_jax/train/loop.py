@@ -32,9 +32,9 @@ class TrainingDiverged(UserError):
   """The loss became NaN/inf; the message names the step and the last good checkpoint."""
 
 
-def run_fingerprint(config: ml_collections.ConfigDict, counts: np.ndarray,
-                    tokenizer_hash: str) -> str:
-  """Hash of everything that shapes a run's result (not of logging or checkpoint cadence)."""
+def run_description(config: ml_collections.ConfigDict, counts: np.ndarray,
+                    tokenizer_hash: str) -> dict:
+  """Everything that shapes a run's result (not logging or checkpoint cadence), as JSON data."""
   shaping = {
       'model': config.model.to_dict(),
       'optimizer': {k: config.train[k] for k in (
@@ -48,7 +48,13 @@ def run_fingerprint(config: ml_collections.ConfigDict, counts: np.ndarray,
       'tokenizer': tokenizer_hash,
       'eval': config.eval.to_dict(),
   }
-  blob = json.dumps(shaping, sort_keys=True, default=str).encode()
+  return json.loads(json.dumps(shaping, sort_keys=True, default=str))
+
+
+def run_fingerprint(config: ml_collections.ConfigDict, counts: np.ndarray,
+                    tokenizer_hash: str) -> str:
+  """Hash of run_description: runs with the same fingerprint train to the same result."""
+  blob = json.dumps(run_description(config, counts, tokenizer_hash), sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -63,18 +69,36 @@ def counts_from_weights(weights: np.ndarray, tokens: int, seq_len: int) -> np.nd
 
 
 class _Preemption:
-  """Turns SIGTERM (TPU/GPU preemption notice) into a checkpoint at the next step boundary."""
+  """Turns SIGTERM (TPU/GPU preemption notice) into a checkpoint at the next step boundary.
+
+  Single process: a Python SIGTERM handler sets `requested`. Several processes must agree on
+  the step at which all of them save and stop, so there the JAX preemption service (started by
+  jax.distributed.initialize, which catches SIGTERM itself) decides: call `reached(step)` at
+  every step, on every process.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._service = False
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
+    if jax.process_count() > 1:
+      from jax._src import distributed  # pylint: disable=g-import-not-at-top
+      self._service = distributed.global_state.preemption_sync_manager is not None
+    if not self._service:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread
+        self._previous = None
     return self
+
+  def reached(self, step: int) -> bool:
+    """Whether the run should checkpoint at `step` and stop (the same on every process)."""
+    if self._service and not self.requested:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -129,14 +153,19 @@ def record_eval(writer: metrics_lib.MetricWriter, name: str, step: int, names: l
   return {'step': step, **record}
 
 
-def diverged(name: str, loss: float, step: int, ckpt: Checkpointer) -> TrainingDiverged:
-  """The error for a non-finite loss, naming the last good checkpoint."""
+def diverged(name: str, loss: float, step: int, ckpt: Checkpointer,
+             what: str = 'training loss') -> TrainingDiverged:
+  """The error for a non-finite loss (or gradient norm), naming the last good checkpoint.
+
+  Runs check before every checkpoint, so every checkpoint on disk holds finite values.
+  """
   ckpt.wait()
   good = ckpt.manager.latest_step()
+  where = (f'the last good checkpoint is step {good} in {ckpt.manager.directory}'
+           if good is not None else 'no checkpoint was saved before it')
   return TrainingDiverged(
-      f'[{name}] the training loss became {loss} at step {step}; the last good checkpoint is '
-      f'step {good} in {ckpt.manager.directory}; lower config.train.lr or raise warmup_steps and '
-      f'rerun.')
+      f'[{name}] the {what} became {loss} at step {step}; {where}; lower config.train.lr or raise '
+      f'config.train.warmup_steps and rerun.')
 
 
 def result_record(config: ml_collections.ConfigDict, *, name: str, fingerprint: str,
@@ -192,12 +221,18 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
   `trainer` (from build_trainer with the same config) lets many runs share compiled steps.
   """
   run_dir = epath.Path(run_dir)
+  counts = np.asarray(counts, np.int64)
+  fingerprint = run_fingerprint(config, counts, tokenizer.hash)
   result_path = run_dir / 'result.json'
   if result_path.exists():
+    result = json.loads(result_path.read_text())
+    if result.get('fingerprint', fingerprint) != fingerprint:
+      raise ConfigError(f'[{name}] {run_dir} holds a finished run of another config (fingerprint '
+                        f'{result["fingerprint"]}, not {fingerprint}); point this run at a '
+                        'fresh directory.')
     logging.info('[%s] already finished (%s); not training again.', name, result_path)
-    return json.loads(result_path.read_text())
+    return result
   names = list(stores)
-  counts = np.asarray(counts, np.int64)
   tcfg = config.train
   seq_len = int(config.data.seq_len)
   batch_size = int(tcfg.batch_size)
@@ -206,16 +241,16 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
   # Mesh, model, shardings.
   trainer = trainer or build_trainer(config, tokenizer, len(names), mesh)
   mesh, model = trainer.mesh, trainer.model
-  fingerprint = run_fingerprint(config, counts, tokenizer.hash)
+  description = run_description(config, counts, tokenizer.hash)
   run_dir.mkdir(parents=True, exist_ok=True)
-  write_run_config(run_dir, config, counts=counts, names=names, fingerprint=fingerprint,
-                   total_steps=total_steps)
 
-  # Restore or initialise.
+  # Restore or initialise (a checkpoint of another run is refused before anything is written).
   ckpt = Checkpointer(run_dir / 'checkpoints', fingerprint=fingerprint,
                       every=tcfg.checkpoint_every, keep=tcfg.keep_checkpoints,
-                      use_async=tcfg.async_checkpoint)
+                      use_async=tcfg.async_checkpoint, description=description)
   restored = ckpt.restore(trainer.abstract_state)
+  write_run_config(run_dir, config, counts=counts, names=names, fingerprint=fingerprint,
+                   total_steps=total_steps)
   if restored is None:
     state, start = trainer.init_state(), 0
     logging.info('[%s] no checkpoint; starting from scratch (%d steps, %d devices, mesh %s).',
@@ -251,10 +286,15 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
     for batch in data:
       state, m = trainer.step(state, batch, total_steps)
       step += 1
-      if step % tcfg.log_every == 0 or step == total_steps:
+      stop = preemption.reached(step) and step < total_steps
+      logged = step % tcfg.log_every == 0 or step == total_steps
+      saving = ckpt.due(step, final=step == total_steps or stop)
+      if logged or saving:  # never log, or checkpoint, a non-finite state
         m = jax.device_get(m)
-        if not np.isfinite(m['loss']):
-          raise diverged(name, m['loss'], step, ckpt)
+        for key, what in (('loss', 'training loss'), ('grad_norm', 'gradient norm')):
+          if not np.isfinite(m[key]):
+            raise diverged(name, m[key], step, ckpt, what)
+      if logged:
         speed = meter.update(step, tokens_per_step)
         writer.write(step, {'loss': m['loss'], 'grad_norm': m['grad_norm'],
                             'lr': m['lr'], **speed})
@@ -264,9 +304,12 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
                      metrics_lib.format_eta(speed['eta_s']))
       if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
         evals.append(evaluate(step))
-      if ckpt.maybe_save(step, state, final=step == total_steps or preemption.requested):
+      if saving:
+        # Metrics first: after a kill, metrics.jsonl may run past the restored checkpoint (the
+        # resumed run truncates it) but never stops short of it.
         writer.flush()
-      if preemption.requested and step < total_steps:
+        ckpt.maybe_save(step, state, final=True)
+      if stop:
         ckpt.close()
         writer.close()
         raise SystemExit(f'[{name}] preempted (SIGTERM): checkpoint saved at step {step}; rerun '
