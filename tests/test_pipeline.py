@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / 'configs'))
 import gpt2_large  # noqa: E402  pylint: disable=g-import-not-at-top
 import tiny  # noqa: E402  pylint: disable=g-import-not-at-top
 
-# Three demo domains: 7 DDO runs per budget, 4 validation runs (predicted + 3 baselines).
+# Three demo domains: 7 DDO runs per budget, 3 validation runs (predicted + 2 baselines).
 CONFIG_FILE = '''
 import sys
 sys.path.insert(0, {configs!r})
@@ -33,18 +33,24 @@ def get_config():
   c.mode = 'autoscale'
   c.data.domains = tuple(d for d in c.data.domains if d.name != 'news')
   c.data.max_docs = 150
+  c.data.cache_dir = {cache!r}  # token stores shared by the test's workdirs
   c.ddo.budgets = (6_144, 12_288)
   c.predict.targets = (24_576,)
   c.validate.baselines = ml_collections.ConfigDict(
-      {{'uniform': 'uniform', 'natural': 'natural',
-        'code_heavy': {{'code': 0.6, 'speeches': 0.2, 'plays': 0.2}}}})
+      {{'uniform': 'uniform', 'code_heavy': {{'code': 0.6, 'speeches': 0.2, 'plays': 0.2}}}})
   return c
 '''
 
 
-def _config():
+def _config_file(tmp_path: pathlib.Path) -> pathlib.Path:
+  path = tmp_path / 'config.py'
+  path.write_text(CONFIG_FILE.format(configs=str(ROOT / 'configs'), cache=str(tmp_path / 'cache')))
+  return path
+
+
+def _config(path: pathlib.Path):
   namespace = {}
-  exec(CONFIG_FILE.format(configs=str(ROOT / 'configs')), namespace)  # pylint: disable=exec-used
+  exec(path.read_text(), namespace)  # pylint: disable=exec-used
   return namespace['get_config']()
 
 
@@ -53,32 +59,83 @@ def _results(workdir: pathlib.Path) -> dict[str, tuple[bytes, int]]:
           for p in (workdir / 'runs').glob('*/result.json')}
 
 
-def test_autoscale_end_to_end_survives_a_kill_and_rebuilds_its_report(tmp_path):
-  config_path = tmp_path / 'config.py'
-  config_path.write_text(CONFIG_FILE.format(configs=str(ROOT / 'configs')))
-  workdir = tmp_path / 'work'
+def _outputs(workdir: pathlib.Path) -> dict[str, object]:
+  """Every result file of a workdir, minus what legitimately differs between sessions."""
+  out = {}
+  for path in sorted(workdir.glob('**/*.json')):
+    rel = str(path.relative_to(workdir))
+    if rel.startswith(('data/', 'tokenizer/')) or rel.endswith(('config.json', 'meta.json')):
+      continue
+    obj = json.loads(path.read_text())
+    if rel.endswith('result.json'):
+      obj.pop('wall_s_last_session')
+    out[rel] = obj
+  for path in sorted((workdir / 'runs').glob('*/metrics.jsonl')):
+    out[str(path.relative_to(workdir))] = [
+        {k: v for k, v in json.loads(l).items() if k in ('step', 'loss', 'objective', 'lr')}
+        for l in path.read_text().splitlines()]
+  return out
 
-  # Start the pipeline in a subprocess and kill it in the middle of the first DDO budget.
-  proc = subprocess.Popen(
+
+def _start(config_path: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path):
+  return subprocess.Popen(
       [sys.executable, '-m', 'autoscale_jax.main', f'--config={config_path}',
-       f'--workdir={workdir}'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while len(_results(workdir)) < 3 and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.2)
+       f'--workdir={workdir}'], stdout=subprocess.DEVNULL, stderr=log.open('a'))
+
+
+def _kill_when(proc, ready, what: str, log: pathlib.Path) -> None:
+  deadline = time.time() + 400
+  while not ready() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.1)
+  assert proc.poll() is None, f'the pipeline ended before {what}:\n{log.read_text()[-3000:]}'
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+
+
+def _validation_checkpointed(workdir: pathlib.Path) -> bool:
+  """Predictions are out and an unfinished run (a validation run, then) has a checkpoint."""
+  if not (workdir / 'autoscale' / 'predictions.json').exists():
+    return False
+  return any(not (run / 'result.json').exists() and any(
+      p.name.isdigit() for p in (run / 'checkpoints').glob('*'))
+             for run in (workdir / 'runs').iterdir())
+
+
+def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
+  config_path = _config_file(tmp_path)
+  config = _config(config_path)
+
+  # The reference: one uninterrupted pipeline.
+  reference = tmp_path / 'reference'
+  pipeline.dispatch(config, str(reference))
+
+  # The same pipeline, SIGKILLed in the middle of the first DDO budget and again during a
+  # validation run (between checkpoints), then finished.
+  workdir, log = tmp_path / 'work', tmp_path / 'pipeline.log'
+  proc = _start(config_path, workdir, log)
+  _kill_when(proc, lambda: len(_results(workdir)) >= 3, 'three runs finished', log)
   before = _results(workdir)
   assert 3 <= len(before) < 7, f'the kill should land inside budget 1: {len(before)} runs done'
   assert not (workdir / 'budgets' / '6144' / 'optimum.json').exists()
   assert (workdir / 'LOCK').exists()  # left by the killed process: the rerun must take it over
 
-  # Rerun to the end (in this process); nothing finished is trained again.
-  config = _config()
+  proc = _start(config_path, workdir, log)
+  _kill_when(proc, lambda: _validation_checkpointed(workdir), 'a validation run checkpointed',
+             log)
+  middle = _results(workdir)
+  assert {k: middle[k] for k in before} == before  # nothing finished was trained again
+  assert 14 <= len(middle) < 17 and not (workdir / 'validation').exists()
+
   pipeline.dispatch(config, str(workdir))
   after = _results(workdir)
-  assert {k: after[k] for k in before} == before
-  assert len(after) == 7 + 7 + 4
+  assert {k: after[k] for k in middle} == middle
+  assert len(after) == 7 + 7 + 3
   assert not (workdir / 'LOCK').exists()
+  # Bitwise the same results, curves and report as without the kills.
+  assert _outputs(workdir) == _outputs(reference)
+  strip = lambda text: text.split('\n', 3)[3]  # noqa: E731  (line 3 names the workdir)
+  assert (strip((workdir / 'report' / 'report.md').read_text())
+          == strip((reference / 'report' / 'report.md').read_text()))
 
   # Every artifact, consistent with the runs on disk.
   names = ['code', 'speeches', 'plays']
@@ -119,7 +176,7 @@ def test_autoscale_end_to_end_survives_a_kill_and_rebuilds_its_report(tmp_path):
   assert json.loads((workdir / 'autoscale' / 'model.json').read_text())['domains'] == names
 
   validation = json.loads((workdir / 'validation' / '24576.json').read_text())
-  assert set(validation['runs']) == {'predicted', 'uniform', 'natural', 'code_heavy'}
+  assert set(validation['runs']) == {'predicted', 'uniform', 'code_heavy'}
   np.testing.assert_allclose(validation['runs']['predicted']['weights'], target['weights'])
   for name, run in validation['runs'].items():
     assert run['curve'][-1]['tokens'] == 24576 and len(run['curve']) >= 3
