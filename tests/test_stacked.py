@@ -2,8 +2,9 @@
 runs, and the stacked-or-sequential choice.
 
 Three synthetic domains (Zipf token streams, each with its own slope and token order), so the
-runs' mixtures change their objectives; the same tiny GPT-2 as the trainer tests on 4 of the 8
-fake devices, mesh (data 2, fsdp 2): 4 runs put the run axis on data x fsdp, 3 runs fold it.
+runs' mixtures change their objectives; the same tiny GPT-2 as the trainer tests on 2 of the 8
+fake devices, mesh (data 1, fsdp 2): 4 runs put the run axis on fsdp (so the runs' parameters
+are not fsdp-sharded), 3 runs fold it (each run's parameters and batch split over fsdp as alone).
 """
 
 import json
@@ -54,7 +55,7 @@ def make_config() -> ml_collections.ConfigDict:
   c.data.seq_len = SEQ
   c.model.overrides = ml_collections.ConfigDict(
       dict(num_layers=2, d_model=64, num_heads=4, max_len=SEQ))
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 1
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 2, 1
   c.train.batch_size = BATCH
   c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 2, 4, 4
   c.train.async_checkpoint = False  # the kill test needs the step-4 checkpoint on disk
@@ -63,7 +64,7 @@ def make_config() -> ml_collections.ConfigDict:
 
 
 STORES, TOKENIZER, CONFIG = make_stores(), SyntheticTokenizer(), make_config()
-MESH = mesh_lib.make_mesh(CONFIG.mesh, jax.devices()[:4])
+MESH = mesh_lib.make_mesh(CONFIG.mesh, jax.devices()[:2])
 
 
 def trainer():
@@ -114,7 +115,7 @@ def fixture_sequential(tmp_path_factory):
 def test_stacked_equals_sequential(sequential, tmp_path):
   seq_root, seq_results = sequential
   root = epath.Path(tmp_path)
-  assert stacked.StackedTrainer(trainer(), 4).run_axes == ('data', 'fsdp')
+  assert stacked.StackedTrainer(trainer(), 4).run_axes == ('fsdp',)
   results = train_stacked(root, [0, 1, 2, 3])
   assert [r['steps'] for r in results] == [8, 6, 13, 6]
   for i, (got, want) in enumerate(zip(results, seq_results)):
@@ -138,7 +139,7 @@ def test_stacked_equals_sequential(sequential, tmp_path):
 
 def test_kill_and_resume_of_the_folded_stack(sequential, tmp_path, monkeypatch):
   seq_root, seq_results = sequential
-  runs = [0, 1, 2]  # 3 runs on data 2 x fsdp 2: the run axis is folded (replicated)
+  runs = [0, 1, 2]  # 3 runs on fsdp 2: the run axis is folded (replicated)
   assert stacked.StackedTrainer(trainer(), 3).run_axes == ()
   straight_root, killed_root = epath.Path(tmp_path) / 'straight', epath.Path(tmp_path) / 'killed'
   straight = train_stacked(straight_root, runs)
@@ -207,14 +208,18 @@ def test_choose_stacking(monkeypatch):
 
 
 def test_layout_puts_runs_on_the_batch_axes_that_divide_them():
+  big = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
+  rules = CONFIG.mesh.rules
+  assert stacked.run_axes_for(big, rules, 4) == ('data', 'fsdp')
+  assert stacked.run_axes_for(big, rules, 6) == ('data',)
+  assert stacked.run_axes_for(big, rules, 11) == ()
+  assert stacked.run_axes_for(MESH, rules, 4) == ('fsdp',)
   t = trainer()
-  assert stacked.run_axes_for(MESH, CONFIG.mesh.rules, 4) == ('data', 'fsdp')
-  assert stacked.run_axes_for(MESH, CONFIG.mesh.rules, 6) == ('data',)
-  assert stacked.run_axes_for(MESH, CONFIG.mesh.rules, 11) == ()
   layout = stacked.stack_layout(t, 4)
-  wte = layout.state_shardings.params['wte']['embedding'].spec
-  assert wte[0] == ('data', 'fsdp') and 'fsdp' not in jax.tree.leaves(tuple(wte[1:]))
-  assert layout.runs_per_device == 1 and layout.inner_dp == 1
+  wte = layout.state_shardings.params['wte']['embedding'].spec  # ('vocab', 'embed') alone
+  assert tuple(t.state_shardings.params['wte']['embedding'].spec) == ('tensor', 'fsdp')
+  assert tuple(wte) == ('fsdp', 'tensor', None)  # runs on fsdp; no run's table split over it
+  assert layout.runs_per_device == 2 and layout.inner_dp == 1
   folded = stacked.stack_layout(t, 3)
-  assert folded.state_shardings.params['wte']['embedding'].spec[0] is None
-  assert folded.runs_per_device == 3 and folded.inner_dp == 4
+  assert tuple(folded.state_shardings.params['wte']['embedding'].spec) == (None, 'tensor', 'fsdp')
+  assert folded.runs_per_device == 3 and folded.inner_dp == 2

@@ -410,13 +410,17 @@ def _stacked_trainer(trainer: Trainer, num_runs: int) -> StackedTrainer:
 
 
 # ------------------------------------------------------------------------------ runs
-def _pending(run_dirs, names) -> tuple[list[int], dict[int, dict]]:
+def _pending(config, run_dirs, counts, names, stores,
+             tokenizer) -> tuple[list[int], dict[int, dict]]:
+  """Indices of the runs to train, and the results of the finished ones.
+
+  A finished run is read back by loop.run, which refuses a result.json of another config.
+  """
   done, pending = {}, []
-  for i, (run_dir, name) in enumerate(zip(run_dirs, names)):
-    result_path = run_dir / 'result.json'
-    if result_path.exists():
-      logging.info('[%s] already finished (%s); not training again.', name, result_path)
-      done[i] = json.loads(result_path.read_text())
+  for i, run_dir in enumerate(run_dirs):
+    if (run_dir / 'result.json').exists():
+      done[i] = loop.run(config, run_dir, counts=counts[i], stores=stores, tokenizer=tokenizer,
+                         name=names[i])
     else:
       pending.append(i)
   return pending, done
@@ -460,7 +464,7 @@ def run_many(config: ml_collections.ConfigDict, run_dirs: list[epath.Path], *,
   run_dirs = [epath.Path(d) for d in run_dirs]
   _check_lists(run_dirs, counts, names)
   trainer = trainer or shared_trainer(config, tokenizer, len(stores), mesh)
-  pending, done = _pending(run_dirs, names)
+  pending, done = _pending(config, run_dirs, counts, names, stores, tokenizer)
   stack, reason = choose_stacking(config, len(pending), trainer)
   if pending:
     logging.info('%s', reason)
@@ -473,7 +477,7 @@ def run_many(config: ml_collections.ConfigDict, run_dirs: list[epath.Path], *,
 
 
 def _train(config, run_dirs, *, counts, stores, tokenizer, names, trainer) -> list[dict]:
-  pending, done = _pending(run_dirs, names)
+  pending, done = _pending(config, run_dirs, counts, names, stores, tokenizer)
   if len(pending) <= 1:
     for i in pending:
       done[i] = loop.run(config, run_dirs[i], counts=counts[i], stores=stores,
@@ -493,6 +497,7 @@ class _Member:
   run_dir: epath.Path
   counts: np.ndarray
   fingerprint: str
+  description: dict
   total_steps: int
   writer: metrics_lib.MetricWriter = None
   evals: list = None
@@ -505,6 +510,7 @@ def _train_stack(config, run_dirs, counts, names, stores, tokenizer, trainer) ->
   seq_len, batch_size = int(config.data.seq_len), int(tcfg.batch_size)
   members = [_Member(name=n, run_dir=d, counts=c,
                      fingerprint=loop.run_fingerprint(config, c, tokenizer.hash),
+                     description=loop.run_description(config, c, tokenizer.hash),
                      total_steps=loop.checked_num_steps(n, c, batch_size))
              for n, d, c in zip(names, run_dirs, counts)]
   n = len(members)
@@ -522,6 +528,12 @@ def _train_stack(config, run_dirs, counts, names, stores, tokenizer, trainer) ->
                        run_sharding=trainer.batch_shardings['domain'],
                        prefetch=config.data.prefetch, max_epochs=config.data.max_epochs)
 
+  # Restore or initialise the stacked state (refused before anything is written if foreign).
+  ckpt = Checkpointer(stack_dir / 'checkpoints', fingerprint=fingerprint,
+                      every=tcfg.checkpoint_every, keep=tcfg.keep_checkpoints,
+                      use_async=tcfg.async_checkpoint,
+                      description={m.name: m.description for m in members})
+  restored = ckpt.restore(stacked.abstract_state)
   if jax.process_index() == 0:
     write_json_atomic(stack_dir / 'stack.json', {
         'fingerprint': fingerprint, 'runs': [
@@ -532,12 +544,6 @@ def _train_stack(config, run_dirs, counts, names, stores, tokenizer, trainer) ->
     loop.write_run_config(m.run_dir, config, counts=m.counts, names=domains,
                           fingerprint=m.fingerprint, total_steps=m.total_steps,
                           stack={'fingerprint': fingerprint, 'dir': str(stack_dir)})
-
-  # Restore or initialise the stacked state.
-  ckpt = Checkpointer(stack_dir / 'checkpoints', fingerprint=fingerprint,
-                      every=tcfg.checkpoint_every, keep=tcfg.keep_checkpoints,
-                      use_async=tcfg.async_checkpoint)
-  restored = ckpt.restore(stacked.abstract_state)
   if restored is None:
     state, start = stacked.init_state(), 0
     logging.info('[%s] %d runs stacked, no checkpoint; starting from scratch (%d-%d steps, %d '
@@ -561,8 +567,9 @@ def _train_stack(config, run_dirs, counts, names, stores, tokenizer, trainer) ->
     losses = stacked.evaluate(state.params, val)
     for r in which:
       m = members[r]
-      m.evals.append(loop.record_eval(m.writer, m.name, int(step if at is None else at[r]), domains,
-                                      losses[r], config.eval))
+      at_step = int(step if at is None else at[r])
+      m.evals.append(loop.record_eval(m.writer, m.name, at_step, domains, losses[r],
+                                      config.eval))
 
   def close_writers() -> None:
     for m in members:
@@ -578,36 +585,39 @@ def _train_stack(config, run_dirs, counts, names, stores, tokenizer, trainer) ->
     for batch in data:
       state, metrics = stacked.step(state, batch, totals)
       step += 1
-      stack_tokens += int(np.sum(totals >= step)) * tokens_per_run_step
-      logged = [r for r in range(n) if step <= totals[r] and
-                (step % tcfg.log_every == 0 or step == totals[r])]
-      if logged:
+      active = [r for r in range(n) if step <= totals[r]]  # runs that trained at this step
+      stack_tokens += len(active) * tokens_per_run_step
+      stop = preemption.reached(step) and step < last
+      logged = [r for r in active if step % tcfg.log_every == 0 or step == totals[r]]
+      saving = ckpt.due(step, final=step == last or stop)
+      if logged or saving:  # never log, or checkpoint, a non-finite state (as loop.run)
         metrics = jax.device_get(metrics)
-        for r in logged:
-          m, loss = members[r], float(metrics['loss'][r])
-          if not np.isfinite(loss):
-            raise loop.diverged(m.name, loss, step, ckpt)
-          speed = m.meter.update(step, tokens_per_run_step)
-          m.writer.write(step, {'loss': loss, 'grad_norm': metrics['grad_norm'][r],
-                                'lr': metrics['lr'][r], **speed})
-        if step % tcfg.log_every == 0 or step == last:
-          speed = stack_meter.update(step, stack_tokens / max(step - last_log, 1))
-          stack_tokens, last_log = 0, step
-          active = totals >= step
-          losses = np.asarray(metrics['loss'])[active]
-          mfu = f"  mfu {100 * speed['mfu']:.1f}%" if 'mfu' in speed else ''
-          logging.info('[%s] step %d/%d  %d of %d runs active  loss %.4f-%.4f  %.0f tok/s%s  '
-                       'eta %s', label, step, last, int(active.sum()), n, losses.min(),
-                       losses.max(), speed['tokens_per_s'], mfu,
-                       metrics_lib.format_eta(speed['eta_s']))
+        for r in (active if saving else logged):
+          for key, what in (('loss', 'training loss'), ('grad_norm', 'gradient norm')):
+            if not np.isfinite(metrics[key][r]):
+              raise loop.diverged(members[r].name, metrics[key][r], step, ckpt, what)
+      for r in logged:
+        m = members[r]
+        speed = m.meter.update(step, tokens_per_run_step)
+        m.writer.write(step, {'loss': metrics['loss'][r], 'grad_norm': metrics['grad_norm'][r],
+                              'lr': metrics['lr'][r], **speed})
+      if logged and (step % tcfg.log_every == 0 or step == last):
+        speed = stack_meter.update(step, stack_tokens / max(step - last_log, 1))
+        stack_tokens, last_log = 0, step
+        losses = np.asarray(metrics['loss'])[active]
+        mfu = f"  mfu {100 * speed['mfu']:.1f}%" if 'mfu' in speed else ''
+        logging.info('[%s] step %d/%d  %d of %d runs active  loss %.4f-%.4f  %.0f tok/s%s  '
+                     'eta %s', label, step, last, len(active), n, losses.min(), losses.max(),
+                     speed['tokens_per_s'], mfu, metrics_lib.format_eta(speed['eta_s']))
       if tcfg.eval_every and step % tcfg.eval_every == 0:
-        which = [r for r in range(n) if step < totals[r]]
+        which = [r for r in active if step < totals[r]]
         if which:
           evaluate(step, which)
-      if ckpt.maybe_save(step, state, final=step == last or preemption.requested):
+      if saving:  # metrics first, as loop.run: they may run past the checkpoint, never short
         for m in members:
           m.writer.flush()
-      if preemption.requested and step < last:
+        ckpt.maybe_save(step, state, final=True)
+      if stop:
         ckpt.close()
         close_writers()
         raise SystemExit(f'[{label}] preempted (SIGTERM): checkpoint of {n} stacked runs saved '
@@ -624,7 +634,7 @@ def _train_stack(config, run_dirs, counts, names, stores, tokenizer, trainer) ->
   for r, m in enumerate(members):
     own = Checkpointer(m.run_dir / 'checkpoints', fingerprint=m.fingerprint,
                        every=tcfg.checkpoint_every, keep=tcfg.keep_checkpoints,
-                       use_async=tcfg.async_checkpoint)
+                       use_async=tcfg.async_checkpoint, description=m.description)
     own.maybe_save(m.total_steps, stacked.member(state, r), final=True)
     saved.append(own)
   for own in saved:
