@@ -98,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- DDO: the 2m+1 proxy runs at each small budget -------------------------------------------
   c.ddo = ml_collections.ConfigDict()
-  c.ddo.budgets = (400_000, 1_200_000)  # token budgets of the DDO proxy runs (>= 2 for AutoScale)
+  c.ddo.budgets = (150_000, 450_000)  # token budgets of the DDO proxy runs (>= 2 for AutoScale)
   c.ddo.base_weights = 'uniform'  # base mixture: 'uniform', 'natural' or {domain: weight} (all > 0)
   c.ddo.factors = (0.2, 3.0)  # each domain's quantity is scaled by each factor, the others fixed
   c.ddo.replicates = 1  # seeds per plan entry (> 1 gives the fits seed noise for the interval)
@@ -106,7 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- AutoScale prediction --------------------------------------------------------------------
   c.predict = ml_collections.ConfigDict()
-  c.predict.targets = (4_800_000,)  # token budgets to predict the optimal mixture for
+  c.predict.targets = (1_800_000,)  # token budgets to predict the optimal mixture for
   c.predict.interval_level = 0.9  # coverage of the reported bootstrap interval on each weight
   c.predict.interval_samples = 100  # bootstrap samples behind the interval
   # Seed-to-seed spread of objective ratios (std) used to resample the fits; 0 = resample the fit
@@ -119,7 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.validate.targets = ()  # target budgets to validate at; () = every predict.targets entry
   # Baseline mixtures by name: 'uniform', 'natural' or {domain: weight} summing to 1.
   c.validate.baselines = ml_collections.ConfigDict({'uniform': 'uniform', 'natural': 'natural'})
-  c.validate.eval_every = 20  # steps between evaluations of validation runs (objective curves)
+  c.validate.eval_every = 40  # steps between evaluations of validation runs (objective curves)
 
   # --- mesh ----------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

@@ -236,8 +236,13 @@ class Experiment:
     return self._trainers[seed]
 
   def train(self, specs: Sequence[RunSpec], stage: str) -> list[dict]:
-    """Results of `specs`, training those not finished yet; progress per run with an ETA."""
-    from autoscale_jax.train import loop
+    """Results of `specs`, training those not finished yet, with a progress line and an ETA.
+
+    Runs sharing a seed and an evaluation cadence go together to stacked.run_many, which trains
+    them as one vmapped program when config.train.stack_runs allows and memory fits (it logs
+    which and why), else one after another.
+    """
+    from autoscale_jax.train import stacked
     results = [None] * len(specs)
     todo = []
     for k, spec in enumerate(specs):
@@ -249,20 +254,28 @@ class Experiment:
     logging.info('[%s] %d runs: %d finished earlier, %d to train.', stage, len(specs),
                  len(specs) - len(todo), len(todo))
     remaining = sum(int(specs[k].counts.sum()) for k in todo) * self.seq_len
-    for done, k in enumerate(todo):
-      spec = specs[k]
+    groups = {}
+    for k in todo:
+      groups.setdefault((specs[k].seed, specs[k].eval_every), []).append(k)
+    for members in groups.values():
+      first = specs[members[0]]
       t0 = time.time()
-      results[k] = loop.run(self.run_config(spec), self.run_dir(spec), counts=spec.counts,
-                            stores=self.stores, tokenizer=self.tokenizer,
-                            trainer=self._trainer(spec.seed), name=f'{stage}/{spec.name}')
-      tokens = int(spec.counts.sum()) * self.seq_len
+      out = stacked.run_many(
+          self.run_config(first), [self.run_dir(specs[k]) for k in members],
+          counts=[specs[k].counts for k in members], stores=self.stores,
+          tokenizer=self.tokenizer, names=[f'{stage}/{specs[k].name}' for k in members],
+          trainer=self._trainer(first.seed))
+      tokens = sum(int(specs[k].counts.sum()) for k in members) * self.seq_len
       remaining -= tokens
       self._session_tokens += tokens
       self._session_seconds += time.time() - t0
+      for k, result in zip(members, out):
+        results[k] = result
       eta = remaining * self._session_seconds / max(self._session_tokens, 1)
-      logging.info('[%s] run %d/%d done (%s): objective %.4f; %d to go, ETA %s', stage,
-                   len(specs) - len(todo) + done + 1, len(specs), spec.name,
-                   results[k]['objective'], len(todo) - done - 1, format_eta(eta))
+      logging.info('[%s] %d/%d runs done (%s); ETA %s', stage,
+                   sum(r is not None for r in results), len(specs),
+                   ', '.join(f"{specs[k].name} {results[k]['objective']:.4f}" for k in members),
+                   format_eta(eta))
     return results
 
 
