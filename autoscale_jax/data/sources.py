@@ -49,7 +49,28 @@ def _decode(value: Any) -> str:
   return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
 
 
+def check_config(config: Any) -> None:
+  """The data settings every later step relies on: distinct named domains, a known model family
+  (it decides the row layout), checked before anything is read, trained or written."""
+  if config.model.family not in ('bert', 'gpt2'):
+    raise DataError(f"config.model.family is '{config.model.family}'; use one of "
+                    "['bert', 'gpt2'].")
+  seen = set()
+  for i, d in enumerate(config.data.domains):
+    name, source = d.get('name'), d.get('source')
+    if not name or not source:
+      raise DataError(f'config.data.domains[{i}] needs a name and a source (files:GLOB, '
+                      f'tfds:NAME[/CONFIG][:SPLIT] or demo:NAME); got {dict(d)}.')
+    if name in seen:
+      raise DataError(f"config.data.domains names '{name}' twice; give every domain its own "
+                      'name.')
+    seen.add(name)
+
+
 def _get_text(record: Mapping[str, Any], key: str, name: str, where: str) -> str:
+  if not isinstance(record, Mapping):
+    raise DataError(f'Domain {name!r}: {where} is {type(record).__name__}, not a JSON object; '
+                    'fix or remove it.')
   if key not in record:
     raise DataError(f'Domain {name!r}: {where} has no field text_key={key!r} (fields: '
                     f'{sorted(record)}); set the domain\'s text_key to the field holding the text.')
@@ -86,7 +107,12 @@ def _read_file(path: epath.Path, name: str, text_key: str) -> Iterator[str]:
     elif kind.endswith('.jsonl'):
       for line_no, line in enumerate(io.TextIOWrapper(f, 'utf-8', errors='replace'), 1):
         if line.strip():
-          yield _get_text(json.loads(line), text_key, name, f'{path} line {line_no}')
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError as e:
+            raise DataError(f'Domain {name!r}: {path} line {line_no} is not valid JSON '
+                            f'({e.msg} at column {e.colno}); fix or remove that line.') from None
+          yield _get_text(record, text_key, name, f'{path} line {line_no}')
     else:
       pf = pq.ParquetFile(f)
       if text_key not in pf.schema_arrow.names:

@@ -31,7 +31,7 @@ from etils import epath
 
 from autoscale_jax.data import DataError, sources
 from autoscale_jax.io import temp_name, write_bytes_atomic
-from autoscale_jax.data.tokenizer import Tokenizer, get_tokenizer
+from autoscale_jax.data.tokenizer import Tokenizer, check_special_tokens, get_tokenizer
 
 FORMAT = 1  # bump when the layout or the packing changes
 _BATCH_DOCS = 256  # documents per encode_batch call (tokenizers runs them in parallel)
@@ -81,12 +81,7 @@ class _Packer:
 
 
 def _check_tokenizer(config: Any, tok: Tokenizer) -> None:
-  needed = ['pad', 'cls', 'sep'] if config.model.family == 'bert' else ['eos']
-  missing = [n for n in needed if n not in tok.special_ids]
-  if missing:
-    raise DataError(f'config.data.tokenizer.kind={config.data.tokenizer.kind!r} has no {missing} '
-                    f'token(s) for model.family={config.model.family!r}; use train_wordpiece for '
-                    'bert and train_bpe or gpt2 for gpt2.')
+  check_special_tokens(config, tok.special_ids)
 
 
 def _local(path: epath.Path, key: str) -> str:
@@ -160,6 +155,8 @@ def _build(config: Any, domain_cfg: Mapping[str, Any], tok: Tokenizer, folder: e
 
 def prepare(config: Any, workdir: str | os.PathLike[str]) -> dict[str, DomainStore]:
   """Token stores of config.data.domains, in order, built once and reused while inputs match."""
+  if not config.data.domains:
+    raise DataError('config.data.domains is empty; configure at least one domain.')
   tok = get_tokenizer(config, workdir)
   _check_tokenizer(config, tok)
   cache = epath.Path(config.data.cache_dir or epath.Path(workdir) / 'data')

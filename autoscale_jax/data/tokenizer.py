@@ -121,8 +121,28 @@ def _training_text(config: Any) -> Iterator[str]:
       budget -= len(doc)
 
 
+# Special tokens of the tokenizers this module trains (checked against the model family first).
+TRAINED_SPECIALS = {'train_bpe': ('eos',), 'train_wordpiece': tuple(BERT_SPECIALS)}
+
+
+def check_special_tokens(config: Any, names) -> None:
+  """The model family's special tokens must be in the tokenizer (EOS for GPT-2, BERT's)."""
+  needed = ['pad', 'cls', 'sep'] if config.model.family == 'bert' else ['eos']
+  missing = [n for n in needed if n not in names]
+  if missing:
+    raise DataError(f'config.data.tokenizer.kind={config.data.tokenizer.kind!r} has no {missing} '
+                    f'token(s) for model.family={config.model.family!r}; use train_wordpiece for '
+                    'bert and train_bpe or gpt2 for gpt2.')
+
+
 def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
-  """The tokenizer config.data.tokenizer asks for; trained ones are cached under the workdir."""
+  """The tokenizer config.data.tokenizer asks for; trained ones are cached under the workdir.
+
+  The workdir's first trained tokenizer lives in <workdir>/tokenizer/, those of later specs in
+  <workdir>/tokenizer/<spec hash>/: a changed config never overwrites one (a retrained tokenizer
+  can break merge ties differently, and the runs of a workdir name their tokenizer by hash).
+  """
+  sources.check_config(config)
   spec = config.data.tokenizer
   if spec.kind == 'gpt2':
     return Tokenizer(_gpt2())
@@ -131,18 +151,29 @@ def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
     if not path or not path.exists():
       raise DataError(f'config.data.tokenizer.path={spec.path!r} is not a tokenizer.json; set it '
                       'to an existing HF tokenizer.json file.')
-    return Tokenizer(tokenizers.Tokenizer.from_str(path.read_text()))
+    try:
+      return Tokenizer(tokenizers.Tokenizer.from_str(path.read_text()))
+    except Exception as e:  # pylint: disable=broad-except  # the library's parse errors
+      raise DataError(f'config.data.tokenizer.path={spec.path!r} is not a valid HF tokenizer.json '
+                      f'({str(e).splitlines()[0][:120]}); point it at one saved by '
+                      '`tokenizers`.') from None
   if spec.kind not in MAX_TOKEN_CHARS:
     raise DataError(f'config.data.tokenizer.kind={spec.kind!r} is unknown; use train_bpe, '
                     'train_wordpiece, gpt2 or file.')
-  folder = epath.Path(workdir) / 'tokenizer'
+  check_special_tokens(config, TRAINED_SPECIALS[spec.kind])
+  root = epath.Path(workdir) / 'tokenizer'
   key = json.dumps({
       'kind': spec.kind, 'vocab_size': spec.vocab_size, 'train_chars': spec.train_chars,
       'family': config.model.family, 'seq_len': config.data.seq_len,
       'max_docs': config.data.max_docs,
       'domains': [(d.name, sources.fingerprint(d), sources.val_sequences(config.data, d))
                   for d in config.data.domains]}, sort_keys=True)
-  cached = (folder / 'spec.json').exists() and (folder / 'spec.json').read_text() == key
+  keyed = root / hashlib.sha256(key.encode()).hexdigest()[:16]
+  folder = next((f for f in (root, keyed)
+                 if (f / 'spec.json').exists() and (f / 'spec.json').read_text() == key), None)
+  cached = folder is not None
+  if not cached:
+    folder = keyed if (root / 'spec.json').exists() else root
   if cached:
     text = (folder / 'tokenizer.json').read_text()
   elif jax.process_index() == 0:
@@ -152,9 +183,8 @@ def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
   else:
     text = ''
   text = _from_process_zero(text)
-  if not cached:
+  if not cached:  # spec.json last: it marks a complete tokenizer
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / 'spec.json').unlink(missing_ok=True)
     write_bytes_atomic(folder / 'tokenizer.json', text.encode())
     write_bytes_atomic(folder / 'spec.json', key.encode())
   return Tokenizer(tokenizers.Tokenizer.from_str(text))

@@ -24,8 +24,9 @@ from autoscale_jax.io import write_json_atomic
 from autoscale_jax.models import ModelSpec, build_model
 from autoscale_jax.train import mesh as mesh_lib
 from autoscale_jax.train import metrics as metrics_lib
+from autoscale_jax.train import optim
 from autoscale_jax.train.checkpoint import Checkpointer
-from autoscale_jax.train.trainer import Trainer, objective
+from autoscale_jax.train.trainer import Trainer, check_batch, objective
 
 
 class TrainingDiverged(UserError):
@@ -201,11 +202,37 @@ def result_record(config: ml_collections.ConfigDict, *, name: str, fingerprint: 
   }
 
 
+def check_config(config: ml_collections.ConfigDict,
+                 mesh: jax.sharding.Mesh | None = None) -> None:
+  """Every training setting that can be checked without data: optimizer, loop cadence, model,
+  mesh against the devices (or the given mesh), batch splits, objective. Cheap (nothing is
+  compiled), so callers run it before prepare; build_trainer runs it again."""
+  optim.check_optimizer(config.train)
+  for section, field, low in (('train', 'batch_size', 1), ('train', 'grad_accum', 1),
+                              ('train', 'log_every', 1), ('train', 'checkpoint_every', 1),
+                              ('train', 'keep_checkpoints', 1), ('train', 'eval_every', 0),
+                              ('eval', 'batch_size', 1)):
+    value = config[section][field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ConfigError(f'config.{section}.{field} is {value!r}; it must be an integer >= '
+                        f'{low}.')
+  build_model(config.model, vocab_size=1, seq_len=int(config.data.seq_len))
+  mesh = mesh or mesh_lib.make_mesh(config.mesh)
+  dp = mesh_lib.data_parallel_size(mesh, config.mesh.rules)
+  check_batch(config.train, dp)
+  if config.eval.batch_size % dp:
+    raise ConfigError(f'config.eval.batch_size ({config.eval.batch_size}) is not divisible by '
+                      f'the data-parallel size {dp} (mesh data x fsdp); change it to a multiple '
+                      f'of {dp}.')
+  objective({d.name: 0.0 for d in config.data.domains}, config.eval)
+
+
 def build_trainer(config: ml_collections.ConfigDict, tokenizer, num_domains: int,
                   mesh: jax.sharding.Mesh | None = None) -> Trainer:
   """The model and its jitted steps; one Trainer serves every run of an experiment, whatever
   its length (the schedule length is a traced input), so the steps compile once."""
   mesh = mesh or mesh_lib.make_mesh(config.mesh)
+  check_config(config, mesh)
   model: ModelSpec = build_model(config.model, vocab_size=tokenizer.vocab_size,
                                  seq_len=int(config.data.seq_len),
                                  special_ids=getattr(tokenizer, 'special_ids', None))

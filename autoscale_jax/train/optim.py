@@ -22,6 +22,38 @@ def check_schedule(cfg: ml_collections.ConfigDict) -> None:
                       f"{', '.join(SCHEDULES)}.")
 
 
+def check_optimizer(cfg: ml_collections.ConfigDict) -> None:
+  """Refuses optimizer settings that cannot train (before any data or compile work)."""
+  check_schedule(cfg)
+
+  def bad(field: str, rule: str):
+    return ConfigError(f'config.train.{field} is {cfg[field]!r}; it must be {rule}.')
+
+  def number(field: str) -> float:
+    try:
+      value = float(cfg[field])
+    except (TypeError, ValueError):
+      raise bad(field, 'a number') from None
+    if value != value or value in (float('inf'), float('-inf')):
+      raise bad(field, 'a finite number')
+    return value
+
+  if number('lr') <= 0:
+    raise bad('lr', 'a finite number > 0')
+  if number('warmup_steps') < 0:
+    raise bad('warmup_steps', '>= 0')
+  if not 0 <= number('min_lr_ratio') <= 1:
+    raise bad('min_lr_ratio', 'in [0, 1]')
+  for field in ('b1', 'b2'):
+    if not 0 <= number(field) < 1:
+      raise bad(field, 'in [0, 1)')
+  if number('eps') < 0:
+    raise bad('eps', '>= 0')
+  for field in ('weight_decay', 'clip_norm'):
+    if number(field) < 0:
+      raise bad(field, '>= 0 (0 disables it)')
+
+
 def learning_rate(cfg: ml_collections.ConfigDict, step, total_steps) -> jax.Array:
   """Linear warmup from 0 to cfg.lr, then decay to min_lr_ratio * lr at the run's last step.
 
@@ -60,7 +92,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 
   Equivalent to optax.adamw (whose last stage is the same scaling), decay included.
   """
-  check_schedule(cfg)
+  check_optimizer(cfg)
   parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
   parts += [optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
             optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask)]

@@ -109,6 +109,18 @@ def eval_step(params, batch: Batch, rng: jax.Array, *, per_example_loss, num_dom
   return sums, counts
 
 
+def check_batch(train_cfg: ml_collections.ConfigDict, dp: int) -> None:
+  """The global batch must split into grad_accum micro-batches that split over dp devices."""
+  batch, accum = int(train_cfg.batch_size), int(train_cfg.grad_accum)
+  if accum < 1 or batch % accum:
+    raise ConfigError(f'config.train.batch_size ({batch}) must be divisible by '
+                      f'config.train.grad_accum ({accum}).')
+  if (batch // accum) % dp:
+    raise ConfigError(
+        f'config.train.batch_size / grad_accum = {batch // accum} is not divisible by the '
+        f'data-parallel size {dp} (mesh data x fsdp); change the batch or the mesh.')
+
+
 OBJECTIVES = ('mean_ppl', 'mean_loss', 'weighted_ppl', 'weighted_loss')
 
 
@@ -158,15 +170,7 @@ class Trainer:
   def __post_init__(self):
     self.tx = optim.make_optimizer(self.train_cfg)
     self.grad_accum = int(self.train_cfg.grad_accum)
-    batch = int(self.train_cfg.batch_size)
-    dp = mesh_lib.data_parallel_size(self.mesh, self.rules)
-    if self.grad_accum < 1 or batch % self.grad_accum:
-      raise ConfigError(f'config.train.batch_size ({batch}) must be divisible by '
-                        f'config.train.grad_accum ({self.grad_accum}).')
-    if (batch // self.grad_accum) % dp:
-      raise ConfigError(
-          f'config.train.batch_size / grad_accum = {batch // self.grad_accum} is not divisible '
-          f'by the data-parallel size {dp} (mesh data x fsdp); change the batch or the mesh.')
+    check_batch(self.train_cfg, mesh_lib.data_parallel_size(self.mesh, self.rules))
     self.rng = jax.random.PRNGKey(self.seed)
     abstract_params, specs = logical_param_specs(self.model, self.rng)
     with self.mesh_context():

@@ -1,0 +1,255 @@
+"""Mistakes a user can make get one sentence naming the field and the fix, before any training,
+and leave everything already in the workdir as it was.
+
+CASES is one flat list of (id, setup, expected message regex); append to it. `setup(config,
+workdir, tmp)` edits the config (and may write files under `tmp`, e.g. a broken corpus); the
+config starts as kill_harness.config() (configs/tiny.py with small data), and the workdir holds
+a prepared copy of that data (tokenizer, token stores) plus a marker file. Each case runs
+pipeline.dispatch(config, workdir) in this process and must raise a UserError subclass whose
+message is one line, ends with '.', and matches the regex. CLI_CASES run the real command line
+and check exit status 2, one `error: ...` line on stderr and no traceback.
+"""
+
+import hashlib
+import json
+import math
+import pathlib
+import re
+import shutil
+import subprocess
+
+import ml_collections
+import pytest
+
+import kill_harness
+from autoscale_jax import pipeline
+from autoscale_jax.data import DataError
+from autoscale_jax.errors import ConfigError, UserError
+
+DOMAINS = ('code', 'speeches', 'plays', 'news')  # the demo domains of configs/tiny.py
+
+
+# ------------------------------------------------------------------------ setups
+def _set(**fields):
+  """Sets config fields: _set(train__lr=-1.0) sets config.train.lr."""
+  def setup(config, workdir, tmp):
+    del workdir, tmp
+    for key, value in fields.items():
+      *parents, leaf = key.split('__')
+      node = config
+      for p in parents:
+        node = node[p]
+      with node.ignore_type():  # e.g. the str field train.weights takes a dict
+        node[leaf] = value
+  return setup
+
+
+def _weights(**w):
+  return _set(train__weights=ml_collections.ConfigDict(w))
+
+
+def _domain(source: str, *, text_key: str = 'text', files: dict[str, str] | None = None):
+  """Replaces the first domain with one reading `source` ({tmp} = the case's temp dir)."""
+  def setup(config, workdir, tmp):
+    del workdir
+    for name, text in (files or {}).items():
+      (tmp / name).write_text(text)
+    bad = ml_collections.ConfigDict(dict(name='mine', source=source.format(tmp=tmp),
+                                         text_key=text_key))
+    config.data.domains = (bad, *config.data.domains[1:])
+  return setup
+
+
+def _then(*setups):
+  def setup(config, workdir, tmp):
+    for s in setups:
+      s(config, workdir, tmp)
+  return setup
+
+
+def _tokenizer_file(config, workdir, tmp):
+  """The prepared tokenizer (300 tokens) as a tokenizer.json file."""
+  del tmp
+  config.data.tokenizer.kind = 'file'
+  config.data.tokenizer.path = str(workdir / 'tokenizer' / 'tokenizer.json')
+
+
+def _news_only(config, workdir, tmp):
+  del workdir, tmp
+  with config.train.ignore_type():
+    config.train.weights = ml_collections.ConfigDict(
+        {'news': 1.0, 'code': 0.0, 'speeches': 0.0, 'plays': 0.0})
+
+
+JSONL = json.dumps({'text': 'A document. ' * 50}) + '\n'
+
+CASES = [
+    # --- the mixture (config.train.weights)
+    ('weights_negative', _weights(code=-0.2, speeches=0.4, plays=0.4, news=0.4),
+     r"config\.train\.weights has negative or non-finite weights for \['code'\]"),
+    ('weights_nan', _weights(code=math.nan, speeches=0.5, plays=0.25, news=0.25),
+     r"config\.train\.weights has negative or non-finite weights for \['code'\]"),
+    ('weights_inf', _weights(code=math.inf, speeches=0.0, plays=0.0, news=0.0),
+     r'config\.train\.weights has negative or non-finite'),
+    ('weights_not_summing_to_one', _weights(code=0.5, speeches=0.3, plays=0.3, news=0.3),
+     r'config\.train\.weights sums to 1\.4, not 1; rescale'),
+    ('weights_unknown_domain', _weights(code=0.5, wikipedia=0.5),
+     r"config\.train\.weights names unknown domain\(s\) \['wikipedia'\]"),
+    ('weights_unknown_keyword', _set(train__weights='natrual'),
+     r"config\.train\.weights is 'natrual'; use 'uniform', 'natural'"),
+    # --- the budget
+    ('budget_below_one_batch', _set(train__tokens=100),
+     r'config\.train\.tokens.*less than one batch.*raise the budget or lower '
+     r'config\.train\.batch_size'),
+    ('budget_above_the_data', _then(_news_only, _set(train__tokens=20_000 * 32)),
+     r"needs 640,000 tokens of domain 'news' but its store holds .*config\.data\.max_epochs"),
+    ('budget_not_positive', _set(train__tokens=-5),
+     r'config\.train\.tokens must be one or more token budgets > 0'),
+    # --- sources
+    ('source_glob_matches_nothing', _domain('files:{tmp}/corpus/*.jsonl'),
+     r"Domain 'mine': source files:.*/corpus/\*\.jsonl matches no files; fix the glob"),
+    ('source_file_missing', _domain('files:{tmp}/missing.jsonl'),
+     r"Domain 'mine': source files:.*/missing\.jsonl matches no files"),
+    ('source_file_empty', _domain('files:{tmp}/empty.jsonl', files={'empty.jsonl': ''}),
+     r"Domain 'mine': .*/empty\.jsonl is empty; remove it or fix the domain's source glob"),
+    ('source_unsupported_file', _domain('files:{tmp}/notes.csv', files={'notes.csv': 'a,b\n'}),
+     r"Domain 'mine': .*/notes\.csv is not \.txt, \.jsonl"),
+    ('jsonl_line_without_text_key',
+     _domain('files:{tmp}/c.jsonl', files={'c.jsonl': JSONL + json.dumps({'body': 'x'}) + '\n'}),
+     r"Domain 'mine': .*/c\.jsonl line 2 has no field text_key='text' \(fields: \['body'\]\); "
+     r"set the domain's text_key"),
+    ('jsonl_wrong_text_key', _domain('files:{tmp}/c.jsonl', text_key='content',
+                                     files={'c.jsonl': JSONL}),
+     r"c\.jsonl line 1 has no field text_key='content'"),
+    ('jsonl_line_not_json', _domain('files:{tmp}/c.jsonl', files={'c.jsonl': JSONL + '{oops\n'}),
+     r"Domain 'mine': .*/c\.jsonl line 2 is not valid JSON"),
+    ('source_too_small_for_validation', _domain('files:{tmp}/c.jsonl', files={'c.jsonl': JSONL}),
+     r"Domain 'mine' has 1 non-empty documents.*needs 4 validation sequences"),
+    ('source_unknown_prefix', _domain('hf:wikitext'),
+     r"Domain 'mine': source 'hf:wikitext' is not files:GLOB, tfds:NAME"),
+    ('source_unknown_demo', _domain('demo:wikipedia'),
+     r"Domain 'mine': demo:wikipedia is not a demo corpus; use one of demo:code"),
+    ('source_unknown_tfds_dataset', _domain('tfds:no_such_dataset_xyz'),
+     r"Domain 'mine': TFDS dataset 'no_such_dataset_xyz' (is unknown|needs)"),
+    ('domain_names_repeated', _set(data__domains=(
+        ml_collections.ConfigDict(dict(name='a', source='demo:news', text_key='text')),
+        ml_collections.ConfigDict(dict(name='a', source='demo:code', text_key='text')))),
+     r"config\.data\.domains names 'a' twice"),
+    # --- tokenizer
+    ('tokenizer_file_missing', _set(data__tokenizer__kind='file',
+                                    data__tokenizer__path='/nonexistent/tokenizer.json'),
+     r"config\.data\.tokenizer\.path='/nonexistent/tokenizer\.json' is not a tokenizer\.json"),
+    ('tokenizer_kind_unknown', _set(data__tokenizer__kind='sentencepiece'),
+     r"config\.data\.tokenizer\.kind='sentencepiece' is unknown; use train_bpe"),
+    ('tokenizer_vocab_above_model_vocab',
+     _then(_tokenizer_file, _set(model__overrides__vocab_size=256)),
+     r'the tokenizer has 300 tokens but config\.model\.overrides\.vocab_size is 256'),
+    ('tokenizer_without_eos_for_gpt2', _set(data__tokenizer__kind='train_wordpiece'),
+     r"config\.data\.tokenizer\.kind='train_wordpiece' has no \['eos'\] token"),
+    # --- model
+    ('model_family_unknown', _set(model__family='llama'),
+     r"config\.model\.family is 'llama'; use one of \['bert', 'gpt2'\]"),
+    ('model_size_unknown', _set(model__size='huge'),
+     r"config\.model\.size is 'huge'; gpt2 sizes are"),
+    ('model_override_unknown', _set(model__overrides__num_experts=8),
+     r"config\.model\.overrides has a field the gpt2 config does not know"),
+    ('model_heads_do_not_divide', _set(model__overrides__num_heads=3),
+     r'config\.model: GPT2Config\.d_model=128 must be divisible by num_heads=3'),
+    ('seq_len_above_context', _set(model__overrides__max_len=16),
+     r'config\.data\.seq_len is 32 but the model context \(max_len\) is 16; lower seq_len or '
+     r'raise config\.model\.overrides\.max_len'),
+    # --- mesh and batch
+    ('mesh_does_not_match_devices', _set(mesh__data=3),
+     r'config\.mesh: data/fsdp/tensor = \[3, 1, 1\] multiplies to 3 but there are 8 devices'),
+    ('mesh_two_minus_ones', _set(mesh__data=-1, mesh__fsdp=-1),
+     r'config\.mesh: at most one of data/fsdp/tensor may be -1'),
+    ('batch_not_divisible_by_data_parallel', _set(train__batch_size=12),
+     r'config\.train\.batch_size / grad_accum = 12 is not divisible by the data-parallel size 8'),
+    ('batch_not_divisible_by_grad_accum', _set(train__grad_accum=3),
+     r'config\.train\.batch_size \(8\) must be divisible by config\.train\.grad_accum \(3\)'),
+    ('eval_batch_not_divisible_by_data_parallel', _set(eval__batch_size=12),
+     r'config\.eval\.batch_size \(12\) is not divisible by the data-parallel size 8'),
+    # --- optimizer, schedule, loop, objective
+    ('schedule_unknown', _set(train__schedule='step'),
+     r"config\.train\.schedule is 'step'; use one of cosine, linear, constant"),
+    ('lr_negative', _set(train__lr=-1e-3),
+     r'config\.train\.lr is -0\.001; it must be a finite number > 0'),
+    ('lr_nan', _set(train__lr=math.nan), r'config\.train\.lr is nan; it must be a finite number'),
+    ('warmup_negative', _set(train__warmup_steps=-1),
+     r'config\.train\.warmup_steps is -1; it must be >= 0'),
+    ('min_lr_ratio_above_one', _set(train__min_lr_ratio=2.0),
+     r'config\.train\.min_lr_ratio is 2\.0; it must be in \[0, 1\]'),
+    ('beta_out_of_range', _set(train__b2=1.5), r'config\.train\.b2 is 1\.5; it must be in \[0, 1\)'),
+    ('log_every_zero', _set(train__log_every=0), r'config\.train\.log_every is 0; it must be an integer >= 1'),
+    ('checkpoint_every_zero', _set(train__checkpoint_every=0),
+     r'config\.train\.checkpoint_every is 0; it must be an integer >= 1'),
+    ('objective_unknown', _set(eval__objective='median_ppl'),
+     r"config\.eval\.objective is 'median_ppl'; use one of mean_ppl"),
+    ('objective_weights_unknown_domain',
+     _set(eval__objective='weighted_loss',
+          eval__objective_weights=ml_collections.ConfigDict({'wiki': 1.0})),
+     r"config\.eval\.objective_weights names unknown domain\(s\) \['wiki'\]"),
+]
+
+
+# ------------------------------------------------------------------------ harness
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory) -> pathlib.Path:
+  workdir = tmp_path_factory.mktemp('prepared')
+  kill_harness.prepare(workdir)
+  (workdir / 'runs' / 'earlier').mkdir(parents=True)
+  (workdir / 'runs' / 'earlier' / 'result.json').write_text('{"objective": 1.0}\n')
+  return workdir
+
+
+def _snapshot(workdir: pathlib.Path) -> dict[str, str]:
+  return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in workdir.rglob('*') if p.is_file()}
+
+
+def _check_message(message: str, pattern: str) -> None:
+  assert '\n' not in message and message.rstrip().endswith('.'), message
+  assert re.search(pattern, message), f'{message!r} does not match {pattern!r}'
+  assert 'Traceback' not in message
+
+
+@pytest.mark.parametrize('setup,pattern', [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_clear_sentence(setup, pattern, prepared, tmp_path):
+  workdir = tmp_path / 'work'
+  shutil.copytree(prepared, workdir)
+  before = _snapshot(workdir)
+  config = kill_harness.config()
+  setup(config, workdir, tmp_path)
+  with pytest.raises(UserError) as e:
+    pipeline.dispatch(config, str(workdir))
+  assert isinstance(e.value, (ConfigError, DataError)), type(e.value)
+  _check_message(str(e.value), pattern)
+  after = _snapshot(workdir)
+  assert {k: after.get(k) for k in before} == before  # nothing there before was touched
+  assert not list((workdir / 'runs').glob('*/checkpoints'))  # no training started
+
+
+CLI_CASES = [
+    ('cli_weights_keyword', ['--config.train.weights=equal'],
+     r"config\.train\.weights is 'equal'; use 'uniform', 'natural'"),
+    ('cli_mesh', ['--config.mesh.data=3'], r'multiplies to 3 but there are 8 devices'),
+    ('cli_model_family', ['--config.model.family=llama'], r"config\.model\.family is 'llama'"),
+]
+
+
+@pytest.mark.parametrize('flags,pattern', [c[1:] for c in CLI_CASES],
+                         ids=[c[0] for c in CLI_CASES])
+def test_bad_input_on_the_command_line_exits_2_without_traceback(flags, pattern, prepared,
+                                                                 tmp_path):
+  workdir = tmp_path / 'work'
+  shutil.copytree(prepared, workdir)
+  before = _snapshot(workdir)
+  proc = subprocess.run(kill_harness.command(workdir, *flags), env=kill_harness.env(),
+                        cwd=kill_harness.ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr + proc.stdout
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  _check_message(errors[0], pattern)
+  after = _snapshot(workdir)
+  assert {k: after.get(k) for k in before} == before
