@@ -4,7 +4,8 @@ runs, and the stacked-or-sequential choice.
 Three synthetic domains (Zipf token streams, each with its own slope and token order), so the
 runs' mixtures change their objectives; the same tiny GPT-2 as the trainer tests on 2 of the 8
 fake devices, mesh (data 1, fsdp 2): 4 runs put the run axis on fsdp (so the runs' parameters
-are not fsdp-sharded), 3 runs fold it (each run's parameters and batch split over fsdp as alone).
+are not fsdp-sharded) and are vmapped, 3 runs fold it (each run's parameters and batch split over
+fsdp as alone) and, on CPU, are stepped by a loop inside the program.
 """
 
 import json
@@ -116,7 +117,8 @@ def fixture_sequential(tmp_path_factory):
 def test_stacked_equals_sequential(sequential, tmp_path):
   seq_root, seq_results = sequential
   root = epath.Path(tmp_path)
-  assert stacked.StackedTrainer(trainer(), 4).run_axes == ('fsdp',)
+  four = stacked.StackedTrainer(trainer(), 4)
+  assert four.run_axes == ('fsdp',) and four.vectorize  # each device steps its 2 runs at once
   results = train_stacked(root, [0, 1, 2, 3])
   assert [r['steps'] for r in results] == [8, 6, 13, 6]
   for i, (got, want) in enumerate(zip(results, seq_results)):
@@ -141,7 +143,8 @@ def test_stacked_equals_sequential(sequential, tmp_path):
 def test_kill_and_resume_of_the_folded_stack(sequential, tmp_path, monkeypatch):
   seq_root, seq_results = sequential
   runs = [0, 1, 2]  # 3 runs on fsdp 2: the run axis is folded (replicated)
-  assert stacked.StackedTrainer(trainer(), 3).run_axes == ()
+  three = stacked.StackedTrainer(trainer(), 3)
+  assert three.run_axes == () and not three.vectorize  # on CPU: a loop over runs in the program
   straight_root, killed_root = epath.Path(tmp_path) / 'straight', epath.Path(tmp_path) / 'killed'
   straight = train_stacked(straight_root, runs)
 
