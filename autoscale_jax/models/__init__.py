@@ -55,6 +55,8 @@ def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int
                 remat=cfg.remat, scan_layers=cfg.scan_layers)
   if cfg.get('attention_impl'):
     fields['attention_impl'] = cfg.attention_impl
+  if cfg.get('scan_unroll') is not None:
+    fields['scan_unroll'] = cfg.scan_unroll
   if cfg.family == 'bert':
     fields.update({f'{k}_id': v for k, v in (special_ids or {}).items()
                    if f'{k}_id' in {f.name for f in dataclasses.fields(lib.BertConfig)}})

@@ -34,6 +34,7 @@ class GPT2Config:
   param_dtype: Any = 'float32'
   remat: str = 'none'  # none | full | dots
   scan_layers: bool = True  # nn.scan over blocks; params get a leading 'layers' axis
+  scan_unroll: int = 1  # scanned blocks per loop iteration; 0 = all (no loop, compiles every layer)
   attention_impl: str = 'xla'  # xla | cudnn, for jax.nn.dot_product_attention
 
   def __post_init__(self):
