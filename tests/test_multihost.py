@@ -1,7 +1,8 @@
 """Two processes on localhost (jax.distributed over gloo, 4 CPU devices each) train the tiny config
 with fsdp=8 spanning both, through the real command line: one of them gets SIGTERM (a preemption
-notice to one host), both checkpoint at the same step and stop, both resume from it, and the
-loss curve equals that of one process with 8 devices (this one, to 1e-5 relative).
+notice to one host) and both checkpoint at the same step and stop; that checkpoint then fails
+its checksums, so on restart both set it aside and restore the previous one together; the loss
+curve equals that of one process with 8 devices (this one, to 1e-5 relative).
 """
 
 import json
@@ -17,7 +18,7 @@ import numpy as np
 import kill_harness as kh
 from autoscale_jax import pipeline
 
-STEPS = 8
+STEPS = 16
 FLAGS = ('--config.mesh.data=1', '--config.mesh.fsdp=8',  # parameters sharded over both hosts
          f'--config.train.tokens={STEPS * 8 * 32}', '--config.train.eval_every=0')
 
@@ -33,6 +34,11 @@ def _start_pair(workdir, tmp_path, tag):
   procs, logs = [], []
   for i in (0, 1):
     env = kh.env(devices=4)
+    # No persistent compilation cache: only process 0 reads it (the keys of the others differ),
+    # so process 1 would compile for half a minute while process 0 waits in gloo, whose
+    # connection setup times out after 30 s.
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)
+    env['JAX_ENABLE_COMPILATION_CACHE'] = 'false'
     env.update(AUTOSCALE_COORDINATOR=f'127.0.0.1:{port}', AUTOSCALE_NUM_PROCESSES='2',
                AUTOSCALE_PROCESS_ID=str(i))
     logs.append(tmp_path / f'{tag}{i}.log')
@@ -66,29 +72,38 @@ def test_two_processes_fsdp_across_hosts_preempt_resume_and_match_one_process(tm
   shutil.copytree(prepared, single)
   shutil.copytree(prepared, multi)
 
-  # Two processes; SIGTERM reaches process 1 only, after step 2.
+  # Two processes; SIGTERM reaches process 1 only, after step 5.
   procs, logs = _start_pair(multi, tmp_path, 'first')
   deadline = time.time() + 600
-  while not re.search(r'\] step [2-9]/', logs[1].read_text()) and time.time() < deadline:
+  while not re.search(r'\] step [5-9]/', logs[1].read_text()) and time.time() < deadline:
     assert procs[1].poll() is None, logs[1].read_text()[-3000:]
     time.sleep(0.1)
   procs[1].send_signal(signal.SIGTERM)
   codes, texts = _wait(procs, logs)
   for t in texts:  # one mesh over both processes' devices
-    assert "(8 steps, 8 devices, mesh {'data': 1, 'fsdp': 8, 'tensor': 1})" in t, t[-3000:]
+    assert f"({STEPS} steps, 8 devices, mesh {{'data': 1, 'fsdp': 8, 'tensor': 1}})" in t, t[-3000:]
   saved = [re.search(r'preempted \(SIGTERM\): checkpoint saved at step (\d+)', t) for t in texts]
   assert all(saved), '\n'.join(t[-3000:] for t in texts)
   step = int(saved[0].group(1))
-  assert int(saved[1].group(1)) == step and 2 <= step < STEPS  # the same step on both hosts
+  assert int(saved[1].group(1)) == step and 5 < step < STEPS  # the same step on both hosts
   assert codes == [1, 1]
-  assert (kh.run_dir(multi) / 'checkpoints' / str(step)).is_dir()
+  checkpoints = kh.run_dir(multi) / 'checkpoints'
+  previous, last = sorted(int(p.name) for p in checkpoints.iterdir())
+  assert last == step and previous == (step - 1) // 4 * 4
 
-  # Both restart, restore that checkpoint (each its own shards) and finish.
+  # That checkpoint no longer matches its checksums (as after a flipped bit): both processes
+  # must see it, set it aside together and resume from the previous one.
+  meta_file = checkpoints / str(step) / 'meta' / 'metadata'
+  meta = json.loads(meta_file.read_text())
+  meta['checksums'][0] = (meta['checksums'][0] + 1) % 2**32
+  meta_file.write_text(json.dumps(meta))
   procs, logs = _start_pair(multi, tmp_path, 'second')
   codes, texts = _wait(procs, logs)
   assert codes == [0, 0], '\n'.join(t[-3000:] for t in texts)
   for t in texts:
-    assert f'resuming from the checkpoint at step {step} of {STEPS}' in t
+    assert f'The checkpoint at step {step} in {checkpoints} is unreadable' in t, t[-3000:]
+    assert f'falling back to step {previous}' in t
+    assert f'resuming from the checkpoint at step {previous} of {STEPS}' in t
 
   # The same run in this process, on its 8 devices.
   config = kh.config()

@@ -5,8 +5,9 @@ Every checkpoint carries, next to the state, a small JSON `meta` item: the run's
 the step, and a checksum of every state leaf computed on device before the save. Restoring
 takes the newest checkpoint that reads back whole AND matches its checksums, so a truncated,
 half-deleted or bit-flipped checkpoint (which orbax/tensorstore may read without complaint) is
-detected. An unreadable checkpoint is moved aside to `<directory>.unreadable/<step>` (kept for
-inspection, out of the manager's sight) and the previous good one is used, with a warning.
+detected. An unreadable checkpoint is moved aside to `<directory>.unreadable/<step>-<time>`
+(kept for inspection, out of the manager's sight) and the previous good one is used, with a
+warning; with several processes, see Checkpointer.restore.
 """
 
 import functools
@@ -133,8 +134,21 @@ class Checkpointer:
     """The newest checkpoint written (or being written) by this run."""
     return self.manager.latest_step()
 
+  @property
+  def unreadable_dir(self) -> epath.Path:
+    """Where unreadable checkpoints are moved (and notes about them are left)."""
+    return self.directory.parent / f'{self.directory.name}.unreadable'
+
   def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
-    """The newest checkpoint that reads back whole, or None when there is none."""
+    """The newest checkpoint that reads back whole, or None when there is none.
+
+    Single process: an unreadable checkpoint is set aside and the previous one tried. Several
+    processes: orbax's restore synchronises them, so a process that cannot read its shards
+    cannot drop out alone; it leaves a note naming the step and stops the job, and the next
+    start sets that checkpoint aside before restoring. A checksum mismatch is seen by every
+    process alike and handled in place.
+    """
+    self._set_aside_noted()
     steps = sorted(self.manager.all_steps(), reverse=True)
     for i, step in enumerate(steps):
       state, meta, error = None, None, None
@@ -155,24 +169,51 @@ class Checkpointer:
               state=ocp.args.StandardRestore(abstract_state)))
           state = restored['state']
           jax.block_until_ready(state)
-          expected = meta.get('checksums')
-          if expected is not None and state_checksums(state) != list(expected):
-            raise ValueError('the state does not match the checksums saved with it')
         except Exception as e:
           error = e
-      if _everywhere(error is None):
-        return state, meta
-      self._set_aside(step, steps[i + 1:], error)
+      if error is not None and jax.process_count() > 1:
+        self._note_and_stop(step, error)
+      if error is None:  # the checksums: a computation over all shards, on every process
+        expected = meta.get('checksums')
+        if expected is None or state_checksums(state) == list(expected):
+          return state, meta
+        error = ValueError('the state does not match the checksums saved with it')
+      self._set_aside(step, steps[i + 1:], _why(error))
     return None
 
-  def _set_aside(self, step: int, rest: list[int], error: Exception | None) -> None:
+  def _note_and_stop(self, step: int, error: Exception) -> None:
+    note = self.unreadable_dir / f'{step}.process{jax.process_index()}.txt'
+    note.parent.mkdir(parents=True, exist_ok=True)
+    note.write_text(_why(error) + '\n')
+    logging.error('Process %d cannot read the checkpoint at step %d in %s (%s).',
+                  jax.process_index(), step, self.directory, _why(error))
+    raise SystemExit(f'Process {jax.process_index()} cannot read its part of the checkpoint at '
+                     f'step {step} in {self.directory} ({_why(error)}); noted in {note}, so '
+                     'rerunning the same command sets it aside and resumes from the previous one.')
+
+  def _set_aside_noted(self) -> None:
+    """Sets aside the checkpoints that a process of an earlier start could not read."""
+    noted: dict[int, list[tuple[epath.Path, str]]] = {}
+    if self.unreadable_dir.exists():
+      for note in self.unreadable_dir.glob('*.process*.txt'):
+        noted.setdefault(int(note.name.split('.')[0]), []).append(
+            (note, note.read_text().strip()))
+    _barrier('checkpoint_notes_read')  # every process has read them before any is removed
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      if step in noted:
+        self._set_aside(step, steps[i + 1:], 'an earlier start noted: ' +
+                        '; '.join(text for _, text in noted[step]))
+    if jax.process_index() == 0:
+      for notes in noted.values():
+        for note, _ in notes:
+          note.unlink(missing_ok=True)
+
+  def _set_aside(self, step: int, rest: list[int], why: str) -> None:
     """Moves an unreadable checkpoint out of the manager's sight (kept for inspection)."""
-    why = (f'{type(error).__name__}: {str(error).splitlines()[0][:200]}' if error is not None
-           else 'another process could not read it')
     where = f'falling back to step {rest[0]}' if rest else 'starting from scratch'
     source = self.directory / str(step)
-    target = self.directory.parent / f'{self.directory.name}.unreadable' / (
-        f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    target = self.unreadable_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
     if jax.process_index() == 0:
       try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -197,11 +238,9 @@ class Checkpointer:
     self.manager.close()
 
 
-def _everywhere(ok: bool) -> bool:
-  """True when `ok` holds on every process (each process reads its own shards)."""
-  if jax.process_count() == 1:
-    return ok
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+def _why(error: Exception) -> str:
+  return f'{type(error).__name__}: {str(error).splitlines()[0][:200]}' if str(error) else (
+      type(error).__name__)
 
 
 def _barrier(name: str) -> None:
