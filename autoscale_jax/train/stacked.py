@@ -446,7 +446,8 @@ def shared_trainer(config, tokenizer, num_domains: int, mesh: Mesh | None = None
   return _cached(key, lambda: loop.build_trainer(config, tokenizer, num_domains, mesh))
 
 
-def _stacked_trainer(trainer: Trainer, num_runs: int) -> StackedTrainer:
+def shared_stacked_trainer(trainer: Trainer, num_runs: int) -> StackedTrainer:
+  """StackedTrainer(trainer, num_runs), built once per trainer and N in this process."""
   return _cached(('stacked', id(trainer), num_runs), lambda: StackedTrainer(trainer, num_runs))
 
 
@@ -560,7 +561,7 @@ def _train_stack(config, run_dirs, counts, names, stores, tokenizer, trainer) ->
   fingerprint = stack_fingerprint([m.fingerprint for m in members])
   label = f'stack-{fingerprint}'
   stack_dir = run_dirs[0].parent / label
-  stacked = _stacked_trainer(trainer, n)
+  stacked = shared_stacked_trainer(trainer, n)
   mesh, model = trainer.mesh, trainer.model
 
   # Data first: bad counts (too few rows, too many epochs) stop before anything is written.
