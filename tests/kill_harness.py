@@ -180,7 +180,8 @@ def launch(workdir: pathlib.Path, kill: Kill | None = None, *, timeout: float = 
   log = ''.join(lines)
   resumed = _RESUMED.search(log)
   return Launch(kill=kill, returncode=proc.returncode, killed=state['killed'],
-                last_step=state['last_step'], resumed_from=int(resumed.group(1)) if resumed else None,
+                last_step=state['last_step'],
+                resumed_from=int(resumed.group(1)) if resumed else None,
                 seconds=time.time() - t0, log=log)
 
 
@@ -255,7 +256,8 @@ def differences(reference: pathlib.Path, run: pathlib.Path) -> list[str]:
   if sa.keys() != sb.keys():
     out.append(f'state leaves differ: {sorted(set(sa) ^ set(sb))[:5]}')
   for k in sorted(sa.keys() & sb.keys()):
-    if sa[k].dtype != sb[k].dtype or sa[k].shape != sb[k].shape or sa[k].tobytes() != sb[k].tobytes():
+    x, y = sa[k], sb[k]
+    if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
       out.append(f'state leaf {k} differs')
   ra = json.loads((reference / 'result.json').read_text())
   rb = json.loads((run / 'result.json').read_text())

@@ -48,8 +48,9 @@ def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int
   fixed_vocab = fields.get('vocab_size')
   if fixed_vocab is not None and vocab_size > int(fixed_vocab):
     raise ConfigError(f'the tokenizer has {vocab_size} tokens but '
-                      f'config.model.overrides.vocab_size is {fixed_vocab}; raise vocab_size to at least {vocab_size}, remove the '
-                      'override, or use a smaller tokenizer (config.data.tokenizer).')
+                      f'config.model.overrides.vocab_size is {fixed_vocab}; raise vocab_size to '
+                      f'at least {vocab_size}, remove the override, or use a smaller tokenizer '
+                      '(config.data.tokenizer).')
   fields.update(vocab_size=padded_vocab(max(vocab_size, int(fixed_vocab or 0))),
                 dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                 remat=cfg.remat, scan_layers=cfg.scan_layers)

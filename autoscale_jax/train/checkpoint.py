@@ -130,10 +130,6 @@ class Checkpointer:
                                                     meta=ocp.args.JsonSave(meta)), force=True)
     return True
 
-  def latest_step(self) -> int | None:
-    """The newest checkpoint written (or being written) by this run."""
-    return self.manager.latest_step()
-
   @property
   def unreadable_dir(self) -> epath.Path:
     """Where unreadable checkpoints are moved (and notes about them are left)."""
