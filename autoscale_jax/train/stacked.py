@@ -8,11 +8,15 @@ pay them once per step for all runs:
   state    every leaf of the TrainState gets a leading run axis [N, ...] (params, Adam moments,
            step, domain_sequences); all runs start from the same initial state, as they do
            sequentially (the init rng does not depend on the mixture).
-  step     jax.vmap over the pure trainer.train_step: each run gets its own batch and its own
-           schedule length total_steps[r]; a run that has consumed its tokens (step >= its
-           total_steps) still goes through the vmapped step on an all-padding batch, but its
-           new state is discarded by a select, so it stops exactly where it would stop alone.
-  data     the exact-count sampler vmapped over the runs' counts: run r's batch at step s is the
+  step     the pure trainer.train_step for every run, each with its own batch and its own
+           schedule length total_steps[r]. On accelerators (and whenever the run axis is
+           sharded) the runs are vmapped: a run that has consumed its tokens (step >= its
+           total_steps) still goes through the step on an all-padding batch, but its new state
+           is discarded by a select, so it stops exactly where it would stop alone. On CPU a
+           folded stack is a loop over the runs inside the one program instead (plain steps,
+           finished runs skipped by lax.cond): XLA:CPU's batched matmuls are slower than the
+           plain ones, and a CPU has no idle parallelism for the runs to fill (default_vectorize).
+  data     the exact-count sampler run for every run's counts: run r's batch at step s is the
            one the single-run Loader gives it at step s (padding past its end).
   layout   the run axis is split over the mesh's batch axes (data, fsdp) whose sizes multiply to
            a divisor of N: each device then trains whole runs on its share of their batches, and
@@ -33,7 +37,9 @@ pay them once per step for all runs:
            every member's result.json is written the stacked checkpoints are deleted.
 
 Numerically a stacked run equals the same run alone up to float summation order (batched
-matmuls, per-device partial sums); tests/test_stacked.py checks 1e-5 relative on CPU.
+matmuls, per-device partial sums); tests/test_stacked.py checks 1e-5 relative on CPU. All runs
+of a stack share config.seed (initialisation, dropout, BERT masks, row order), so replicates
+with other seeds go in other stacks. What it buys is measured by bench/proxy_runs.py.
 
 Public entry points: run_stacked (always stacked), choose_stacking (stacked or sequential, with
 the reason for the log line) and run_many (what the pipeline calls for one budget: chooses, logs,
@@ -278,8 +284,8 @@ class StackedLoader(loader_lib.Loader):
   """Batches of all runs at once: [N, B] slots, run r's the single-run Loader's batch s.
 
   One Loader per member checks its counts against the stores (totals, epochs, max_epochs) as a
-  single run would; this class only replaces `batch` (the sampler vmapped over the runs, then
-  this process's block of (run, slot) rows read from the memmaps) and inherits the prefetching
+  single run would; this class only replaces `batch` (the sampler for every run, then this
+  process's block of (run, slot) rows read from the memmaps) and inherits the prefetching
   iterator.
   """
 
@@ -346,17 +352,23 @@ def _shard_bytes(abstract) -> int:
              for a in jax.tree.leaves(abstract))
 
 
-def estimate_memory(trainer: Trainer, num_runs: int) -> dict[str, int]:
+def estimate_memory(trainer: Trainer, num_runs: int,
+                    vectorize: bool | None = None) -> dict[str, int]:
   """Per-device bytes of N stacked runs: state (params + Adam moments), gradients, activations.
 
   State and gradients are exact from the shapes and the stacked layout; activations are a
   transformer rule of thumb per token and layer (residual stream, attention and MLP inputs,
-  attention scores, logits), for the micro-batch each device holds per run, times the runs a
-  device holds. Remat 'full' keeps one residual per layer plus one layer's activations.
+  attention scores, logits) for the micro-batch each device holds per run. Vmapped runs
+  (`vectorize`, as StackedTrainer decides it) hold every run's gradients and activations at
+  once; a loop over the runs one run's. With remat, one residual per layer plus one layer's
+  activations are kept.
   """
   layout = stack_layout(trainer, num_runs)
+  if vectorize is None:
+    vectorize = default_vectorize(trainer.mesh)
+  at_once = layout.runs_per_device if vectorize or layout.run_axes else 1
   state = _shard_bytes(layout.abstract_state)
-  grads = _shard_bytes(layout.abstract_state.params)  # every run's gradient at once
+  grads = _shard_bytes(layout.abstract_state.params) // layout.runs_per_device * at_once
   cfg = trainer.model.config
   d, layers, heads = cfg.d_model, cfg.num_layers, cfg.num_heads
   d_ff = getattr(cfg, 'd_ff', 4 * d)
@@ -365,11 +377,12 @@ def estimate_memory(trainer: Trainer, num_runs: int) -> dict[str, int]:
   tokens = micro // layout.inner_dp * length
   itemsize = jnp.dtype(cfg.dtype).itemsize
   per_layer = 10 * d + 2 * d_ff + 2 * heads * length  # values per token
-  kept_layers = 1 if cfg.remat == 'none' else 0
-  body = tokens * itemsize * (layers * per_layer if kept_layers else
-                              layers * 2 * d + per_layer)
+  if cfg.remat == 'none':
+    body = tokens * itemsize * layers * per_layer
+  else:
+    body = tokens * itemsize * (layers * 2 * d + per_layer)
   logits = tokens * cfg.vocab_size * 4 * 2  # float32 logits and their gradient
-  activations = (body + logits) * layout.runs_per_device
+  activations = (body + logits) * at_once
   return {'state': state, 'grads': grads, 'activations': activations,
           'total': state + grads + activations}
 
@@ -399,9 +412,11 @@ def choose_stacking(config: ml_collections.ConfigDict, num_runs: int, trainer: T
   """
   mode = _parse_stack_runs(config.train.get('stack_runs', 'auto'))
   if num_runs < 2:
-    return False, f'sequential: {num_runs} run{"s" if num_runs != 1 else ""} to train, nothing to stack'
+    plural = '' if num_runs == 1 else 's'
+    return False, f'sequential: {num_runs} run{plural} to train, nothing to stack'
   if mode == 'no':
-    return False, f'sequential: {num_runs} runs one after another (config.train.stack_runs=False)'
+    return False, (f'sequential: {num_runs} runs one after another '
+                   '(config.train.stack_runs=False)')
   mesh = mesh or trainer.mesh
   device = next((d for d in mesh.devices.flat if d.process_index == jax.process_index()),
                 mesh.devices.flat[0])
@@ -492,8 +507,9 @@ def run_stacked(config: ml_collections.ConfigDict, run_dirs: list[epath.Path], *
   run_dirs = [epath.Path(d) for d in run_dirs]
   _check_lists(run_dirs, counts, names)
   trainer = shared_trainer(config, tokenizer, len(stores), mesh)
-  return _train(config, run_dirs, counts=counts, stores=stores, tokenizer=tokenizer,
-                names=names, trainer=trainer)
+  pending, done = _pending(config, run_dirs, counts, names, stores, tokenizer)
+  return _train(config, run_dirs, pending, done, counts=counts, stores=stores,
+                tokenizer=tokenizer, names=names, trainer=trainer)
 
 
 def run_many(config: ml_collections.ConfigDict, run_dirs: list[epath.Path], *,
@@ -511,24 +527,26 @@ def run_many(config: ml_collections.ConfigDict, run_dirs: list[epath.Path], *,
   if pending:
     logging.info('%s', reason)
   if stack:
-    return _train(config, run_dirs, counts=counts, stores=stores, tokenizer=tokenizer,
-                  names=names, trainer=trainer)
-  return [done[i] if i in done else
-          loop.run(config, run_dirs[i], counts=counts[i], stores=stores, tokenizer=tokenizer,
-                   trainer=trainer, name=names[i]) for i in range(len(run_dirs))]
+    return _train(config, run_dirs, pending, done, counts=counts, stores=stores,
+                  tokenizer=tokenizer, names=names, trainer=trainer)
+  for i in pending:
+    done[i] = loop.run(config, run_dirs[i], counts=counts[i], stores=stores,
+                       tokenizer=tokenizer, trainer=trainer, name=names[i])
+  return [done[i] for i in range(len(run_dirs))]
 
 
-def _train(config, run_dirs, *, counts, stores, tokenizer, names, trainer) -> list[dict]:
-  pending, done = _pending(config, run_dirs, counts, names, stores, tokenizer)
-  if len(pending) <= 1:
-    for i in pending:
-      done[i] = loop.run(config, run_dirs[i], counts=counts[i], stores=stores,
-                         tokenizer=tokenizer, trainer=trainer, name=names[i])
-    return [done[i] for i in range(len(run_dirs))]
-  results = _train_stack(config, [run_dirs[i] for i in pending],
-                         [np.asarray(counts[i], np.int64) for i in pending],
-                         [names[i] for i in pending], stores, tokenizer, trainer)
-  done.update(zip(pending, results))
+def _train(config, run_dirs, pending, done, *, counts, stores, tokenizer, names,
+           trainer) -> list[dict]:
+  """The pending runs as one stack (one alone by loop.run); all results in run order."""
+  if len(pending) == 1:
+    i = pending[0]
+    done[i] = loop.run(config, run_dirs[i], counts=counts[i], stores=stores,
+                       tokenizer=tokenizer, trainer=trainer, name=names[i])
+  elif pending:
+    results = _train_stack(config, [run_dirs[i] for i in pending],
+                           [np.asarray(counts[i], np.int64) for i in pending],
+                           [names[i] for i in pending], stores, tokenizer, trainer)
+    done.update(zip(pending, results))
   return [done[i] for i in range(len(run_dirs))]
 
 
