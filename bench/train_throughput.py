@@ -84,7 +84,7 @@ def ours(family: str, s: Size, variant: str = 'ours'):
   c.model.size = 'tiny'
   c.model.dropout = 0.0
   fields = dict(num_layers=s.layers, d_model=s.d_model, num_heads=s.heads, d_ff=s.d_ff,
-                max_len=512)
+                max_len=max(512, s.seq))
   extra = dict(VARIANTS[variant])
   c.model.scan_layers = extra.pop('scan_layers', c.model.scan_layers)
   c.model.overrides = ml_collections.ConfigDict({**fields, **extra})
