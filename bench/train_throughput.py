@@ -313,7 +313,9 @@ def main() -> None:
             'Columns: tokens/s are medians of interleaved repetitions; x/torch are medians of '
             'per-repetition ratios; MFU = FLOPs per token (6 x matmul weights + attention, '
             'layers.matmul_flops_per_token) x tokens/s / the jax matmul peak of the same run; '
-            '"ours unroll" is config.model.scan_unroll=0.', '', LIMITS.replace('\n', ' ')]
+            '"ours unroll" is config.model.scan_unroll=0, "ours python" '
+            'config.model.scan_layers=False (one module per layer).', '',
+            LIMITS.replace('\n', ' ')]
     _common.write_section(HEADING, body)
 
 
