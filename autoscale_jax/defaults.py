@@ -67,8 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.tokens = 1_000_000  # training budget in target tokens for mode=train
   # Mixture for mode=train: 'uniform', 'natural' (proportional to each domain's tokens) or a dict
-  # {domain: weight} summing to 1.
-  c.train.weights = 'uniform'
+  # {domain: weight} summing to 1 (object-typed so that either kind can be assigned).
+  c.train.weights = ml_collections.FieldReference('uniform', field_type=object)
   c.train.batch_size = 16  # global batch in sequences (split over data x fsdp)
   c.train.grad_accum = 1  # micro-batches per step; batch_size must divide by it
   c.train.lr = 3e-3  # peak learning rate
@@ -99,7 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- DDO: the 2m+1 proxy runs at each small budget -------------------------------------------
   c.ddo = ml_collections.ConfigDict()
   c.ddo.budgets = (150_000, 450_000)  # token budgets of the DDO proxy runs (>= 2 for AutoScale)
-  c.ddo.base_weights = 'uniform'  # base mixture: 'uniform', 'natural' or {domain: weight} (all > 0)
+  # Base mixture: 'uniform', 'natural' or {domain: weight} (all > 0); object-typed like weights.
+  c.ddo.base_weights = ml_collections.FieldReference('uniform', field_type=object)
   c.ddo.factors = (0.2, 3.0)  # each domain's quantity is scaled by each factor, the others fixed
   c.ddo.replicates = 1  # seeds per plan entry (> 1 gives the fits seed noise for the interval)
   c.ddo.upper = 'factor'  # multiplier cap: 'factor' (largest factor tested, and the data) | 'data'

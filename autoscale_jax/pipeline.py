@@ -168,10 +168,10 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path):
     from autoscale_jax.data import store, tokenizer
-    from autoscale_jax.train.trainer import objective
-    # Settings only a finished run would otherwise exercise are checked before any work.
-    objective({d.name: 0.0 for d in config.data.domains}, config.eval)
-    trainable_mask(config)
+    from autoscale_jax.train import loop
+    # Settings a run would otherwise only meet after prepare (or at its end) are checked first.
+    loop.check_config(config)
+    self.trainable = trainable_mask(config)
     self.config = config
     self.workdir = workdir
     self.tokenizer = tokenizer.get_tokenizer(config, workdir)
@@ -180,7 +180,6 @@ class Experiment:
     self.seq_len = int(config.data.seq_len)
     self.rows = np.array([s.train.shape[0] for s in self.stores.values()], np.int64)
     self.natural = np.array([s.meta['tokens'] for s in self.stores.values()], np.float64)
-    self.trainable = trainable_mask(config)
     self.mix_names = [n for n, t in zip(self.names, self.trainable) if t]  # the mixture's domains
     self._trainers = {}
     self._session_tokens = 0
@@ -389,17 +388,23 @@ def ddo(exp: Experiment) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ prediction
+def check_predict(config: ml_collections.ConfigDict) -> tuple[list[int], list[int]]:
+  """The sorted DDO budgets and targets, checked before any DDO run trains."""
+  budgets = sorted(_positive_tokens(config.ddo.budgets, 'config.ddo.budgets'))
+  targets = sorted(_positive_tokens(config.predict.targets, 'config.predict.targets'))
+  if len(budgets) < 2:
+    raise ConfigError(f'config.ddo.budgets has {len(budgets)} budget; AutoScale needs two or more '
+                      'DDO budgets to extrapolate.')
+  return budgets, targets
+
+
 def predict(config: ml_collections.ConfigDict, workdir: epath.Path,
             optima: Sequence[dict] | None = None) -> dict:
   """Fits AutoScaleModel to the DDO optima and predicts every target; writes autoscale/.
 
   `optima` (from ddo()) or, for mode=predict, budgets/*/optimum.json of the configured budgets.
   """
-  budgets = sorted(_positive_tokens(config.ddo.budgets, 'config.ddo.budgets'))
-  targets = sorted(_positive_tokens(config.predict.targets, 'config.predict.targets'))
-  if len(budgets) < 2:
-    raise ConfigError(f'config.ddo.budgets has {len(budgets)} budget; AutoScale needs two or more '
-                      'DDO budgets to extrapolate.')
+  budgets, targets = check_predict(config)
   if optima is None:
     missing = [b for b in budgets
                if not (workdir / 'budgets' / _tokens_key(b) / 'optimum.json').exists()]
@@ -638,7 +643,7 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str) -> None:
     elif mode == 'predict':
       predict(config, workdir)
     else:  # autoscale: prepare -> DDO per budget -> fit -> predict -> validate -> report
-      _positive_tokens(config.predict.targets, 'config.predict.targets')
+      check_predict(config)
       exp = Experiment(config, workdir)
       check_ddo(exp)
       if config.validate.enabled:

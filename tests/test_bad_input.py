@@ -39,8 +39,7 @@ def _set(**fields):
       node = config
       for p in parents:
         node = node[p]
-      with node.ignore_type():  # e.g. the str field train.weights takes a dict
-        node[leaf] = value
+      node[leaf] = value
   return setup
 
 
@@ -76,9 +75,14 @@ def _tokenizer_file(config, workdir, tmp):
 
 def _news_only(config, workdir, tmp):
   del workdir, tmp
-  with config.train.ignore_type():
-    config.train.weights = ml_collections.ConfigDict(
-        {'news': 1.0, 'code': 0.0, 'speeches': 0.0, 'plays': 0.0})
+  config.train.weights = {'news': 1.0, 'code': 0.0, 'speeches': 0.0, 'plays': 0.0}
+
+
+def _locked(config, workdir, tmp):
+  """Another host's pipeline holds the workdir (a live pid elsewhere cannot be checked)."""
+  del config, tmp
+  (workdir / 'LOCK').write_text(json.dumps(
+      {'host': 'tpu-vm-7', 'pid': 4242, 'since': '2026-11-28T10:00:00Z'}))
 
 
 JSONL = json.dumps({'text': 'A document. ' * 50}) + '\n'
@@ -191,6 +195,29 @@ CASES = [
      _set(eval__objective='weighted_loss',
           eval__objective_weights=ml_collections.ConfigDict({'wiki': 1.0})),
      r"config\.eval\.objective_weights names unknown domain\(s\) \['wiki'\]"),
+    # --- the pipeline (modes, DDO budgets, prediction, validation, the workdir)
+    ('mode_unknown', _set(mode='autoscal'), r"config\.mode is 'autoscal'; use one of prepare"),
+    ('workdir_locked', _locked,
+     r'is in use by another pipeline \(host tpu-vm-7, pid 4242.*delete .*LOCK'),
+    ('ddo_budget_below_one_batch', _set(mode='ddo', ddo__budgets=(128, 8_192)),
+     r'config\.ddo\.budgets \(128 tokens\): run .* less than one batch'),
+    ('ddo_budget_above_the_data', _set(mode='ddo', ddo__budgets=(8_192, 4_000_000)),
+     r"config\.ddo\.budgets \(4,000,000 tokens\): run .* needs .* tokens of domain '.*' but its "
+     r'store holds'),
+    ('ddo_budgets_not_positive', _set(mode='ddo', ddo__budgets=(0, 8_192)),
+     r'config\.ddo\.budgets must be one or more token budgets > 0'),
+    ('ddo_base_weights_zero', _set(mode='ddo', ddo__base_weights={
+        'code': 0.0, 'speeches': 0.5, 'plays': 0.25, 'news': 0.25}),
+     r'config\.ddo\.base_weights must give every domain a weight > 0'),
+    ('autoscale_one_budget', _set(mode='autoscale', ddo__budgets=(8_192,)),
+     r'config\.ddo\.budgets has 1 budget; AutoScale needs two or more'),
+    ('validate_target_not_predicted', _set(mode='autoscale', validate__targets=(99_999,)),
+     r'config\.validate\.targets \[99999\] are not among config\.predict\.targets'),
+    ('validate_baseline_named_predicted',
+     _set(mode='autoscale', validate__baselines=ml_collections.ConfigDict({'predicted': 'natural'})),
+     r"config\.validate\.baselines may not be named 'predicted'"),
+    ('predict_without_ddo_results', _set(mode='predict'),
+     r'no DDO result for budget\(s\) \[8192, 16384\] in .*; run --config\.mode=ddo'),
 ]
 
 
