@@ -146,3 +146,16 @@ def test_bad_points_stop_with_one_clear_error(x, y, match):
 def test_invalid_law_is_refused():
   with pytest.raises(UserError, match='a > 0'):
     PowerLaw(0.0, 1.0, 0.0)
+
+
+def test_convex_points_beyond_the_law_say_so_and_a_hair_of_misfit_is_not_flagged():
+  # Objective ratios of the demo's DDO runs (report tables, 4 digits): convex and decreasing,
+  # but (x + a)^-b + c with its unit amplitude misses them by 2% of their spread...
+  with pytest.warns(DegenerateFitWarning, match='fall convexly'):
+    fit = fit_power_law(X3, [909.9 / 716.7, 1.0, 460.2 / 716.7])
+  assert fit.degenerate and fit.b > 0
+  # ...while a miss of about a millionth of the spread is far below a run's seed noise.
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    fit = fit_power_law(X3, [449.3 / 326.3, 1.0, 232.5 / 326.3])
+  assert not fit.degenerate and fit.rmse < 1e-3
