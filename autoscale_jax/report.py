@@ -134,9 +134,11 @@ def _plot_fits(budgets: list[dict], path: epath.Path) -> None:
   plt = _plt()
   done = [b for b in budgets if b.get('fits')]
   names = done[0]['plan']['domains']
-  cols = min(4, len(names))
+  cols = min(3, len(names))
   rows = math.ceil(len(names) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+  # Tick at the tested factors (2 digits: counts are whole sequences, so x is 0.2003, 0.2013...).
+  factors = sorted({float(f'{v:.2g}') for b in done for f in b['fits']['fits'] for v in f['x']})
   for i, name in enumerate(names):
     ax = axes[i // cols][i % cols]
     for k, b in enumerate(done):
@@ -147,6 +149,8 @@ def _plot_fits(budgets: list[dict], path: epath.Path) -> None:
       ax.plot(x, fit(x) + np.asarray(fit.residuals), 'o', color=color)
       ax.plot(grid, fit(grid), '-', color=color, label=_tokens(b['plan']['budget']))
     ax.set_xscale('log')
+    ax.set_xticks(factors, [f'{v:g}' for v in factors])  # the tested factors, not log decades
+    ax.minorticks_off()
     ax.set_title(name)
     ax.set_xlabel('N_i / N_i base')
     ax.set_ylabel('objective / base')
@@ -172,7 +176,8 @@ def _plot_weights(predictions: dict, model_dict: dict, path: epath.Path) -> None
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   for i, name in enumerate(names):
     color = f'C{i}'
-    ax.plot(grid, curve[:, i], '-', color=color, label=name)
+    style = ('-', '--', ':', '-.')[i % 4]  # domains held at one weight would hide each other
+    ax.plot(grid, curve[:, i], style, color=color, label=name)
     ax.plot(budgets, [predictions['optima'][str(b)][i] for b in budgets], 'o', color=color)
     for t in targets:
       p = predictions['targets'][str(t)]
