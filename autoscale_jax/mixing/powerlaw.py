@@ -177,11 +177,11 @@ def _check_points(x: np.ndarray, ys: np.ndarray, w: np.ndarray) -> None:
 
 
 def _convex(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> bool:
-  """Whether the weighted points' secant slopes increase (what a convex decreasing law needs)."""
+  """Whether the secant slopes of the points (replicates averaged) increase, as a convex law's do."""
   keep = w > 0
-  x, y = x[keep], y[keep]
-  order = np.argsort(x)
-  slopes = np.diff(y[order]) / np.diff(x[order])
+  ux, inverse = np.unique(x[keep], return_inverse=True)
+  uy = np.bincount(inverse, w[keep] * y[keep]) / np.bincount(inverse, w[keep])
+  slopes = np.diff(uy) / np.diff(ux)
   return bool(np.all(np.diff(slopes) >= 0))
 
 
