@@ -98,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- DDO: the 2m+1 proxy runs at each small budget -------------------------------------------
   c.ddo = ml_collections.ConfigDict()
-  c.ddo.budgets = (150_000, 450_000)  # token budgets of the DDO proxy runs (>= 2 for AutoScale)
+  c.ddo.budgets = (100_000, 300_000)  # token budgets of the DDO proxy runs (>= 2 for AutoScale)
   # Base mixture: 'uniform', 'natural' or {domain: weight} (all > 0); object-typed like weights.
   c.ddo.base_weights = ml_collections.FieldReference('uniform', field_type=object)
   c.ddo.factors = (0.2, 3.0)  # each domain's quantity is scaled by each factor, the others fixed
@@ -107,7 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- AutoScale prediction --------------------------------------------------------------------
   c.predict = ml_collections.ConfigDict()
-  c.predict.targets = (1_800_000,)  # token budgets to predict the optimal mixture for
+  c.predict.targets = (1_200_000,)  # token budgets to predict the optimal mixture for
   c.predict.interval_level = 0.9  # coverage of the reported bootstrap interval on each weight
   c.predict.interval_samples = 100  # bootstrap samples behind the interval
   # Seed-to-seed spread of objective ratios (std) used to resample the fits; 0 = resample the fit
