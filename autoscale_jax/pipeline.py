@@ -29,45 +29,17 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from autoscale_jax.data.mixture import counts_from_weights, resolve_weights
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import (AutoScaleModel, DDOProblem, Perturbation, ddo_weights,
                                   fit_domains, perturbation_plan)
 from autoscale_jax.io import write_json_atomic
-from autoscale_jax.train.metrics import format_eta
+from autoscale_jax.progress import format_eta
 
 MODES = ('prepare', 'train', 'ddo', 'predict', 'autoscale', 'report')
-WEIGHT_TOLERANCE = 1e-6
 
 
 # ------------------------------------------------------------------------------ small helpers
-def resolve_weights(weights, names: list[str], natural: np.ndarray, field: str) -> np.ndarray:
-  """'uniform' | 'natural' | {domain: weight} -> weights aligned with `names`, checked."""
-  if isinstance(weights, str):
-    if weights == 'uniform':
-      return np.full(len(names), 1.0 / len(names))
-    if weights == 'natural':
-      return np.asarray(natural, np.float64) / np.sum(natural)
-    raise ConfigError(f"{field} is '{weights}'; use 'uniform', 'natural' or a dict "
-                      f'{{domain: weight}} over {names}.')
-  weights = weights.to_dict() if isinstance(weights, ml_collections.ConfigDict) else dict(weights)
-  unknown = sorted(set(weights) - set(names))
-  if unknown:
-    raise ConfigError(f'{field} names unknown domain(s) {unknown}; the configured domains are '
-                      f'{names}.')
-  try:
-    w = np.array([float(weights.get(n, 0.0)) for n in names])
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f'{field} must map domains to numbers; got {weights}.') from e
-  bad = [n for n, v in zip(names, w) if not math.isfinite(v) or v < 0]
-  if bad:
-    raise ConfigError(f'{field} has negative or non-finite weights for {bad}; every weight must '
-                      f'be a finite number >= 0.')
-  if abs(w.sum() - 1.0) > WEIGHT_TOLERANCE:
-    raise ConfigError(f'{field} sums to {w.sum():.6g}, not 1; rescale the weights so they sum '
-                      f'to 1.')
-  return w
-
-
 def _tokens_key(tokens: float) -> str:
   return str(int(round(tokens)))
 
@@ -481,8 +453,7 @@ def validation_targets(config: ml_collections.ConfigDict) -> list[int]:
 
 
 def _baseline_specs(exp: Experiment, mixtures: dict[str, np.ndarray], target: int) -> list[RunSpec]:
-  from autoscale_jax.train.loop import counts_from_weights
-  return [RunSpec(name, exp.full(counts_from_weights(w, target, exp.seq_len)),
+    return [RunSpec(name, exp.full(counts_from_weights(w, target, exp.seq_len)),
                   int(exp.config.seed),
                   int(exp.config.validate.eval_every)) for name, w in mixtures.items()]
 
@@ -537,8 +508,7 @@ def validate(exp: Experiment, predictions: dict) -> list[dict]:
 # ------------------------------------------------------------------------------ modes
 def train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   """mode=train: one run of config.train.tokens tokens with config.train.weights."""
-  from autoscale_jax.train.loop import counts_from_weights
-  exp = Experiment(config, workdir)
+    exp = Experiment(config, workdir)
   weights = resolve_weights(config.train.weights, exp.mix_names, exp.natural[exp.trainable],
                             'config.train.weights')
   tokens = _positive_tokens(config.train.tokens, 'config.train.tokens')[0]
@@ -560,8 +530,7 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = prin
   """
   from autoscale_jax.data.mixture import num_steps
   from autoscale_jax.train import mesh as mesh_lib
-  from autoscale_jax.train.loop import counts_from_weights
-  names = [d.name for d in config.data.domains]
+    names = [d.name for d in config.data.domains]
   trainable = trainable_mask(config)
   mix_names = [n for n, t in zip(names, trainable) if t]
   seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)

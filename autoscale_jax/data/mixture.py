@@ -28,15 +28,19 @@ padding slots with domain -1 and row 0; num_steps counts that batch. Runs need T
 """
 
 import functools
+import math
 import warnings
 from collections.abc import Sequence
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 
 from autoscale_jax.data import DataError
+from autoscale_jax.errors import ConfigError
 
+WEIGHT_TOLERANCE = 1e-6  # how far from 1 a user's weights may sum
 MAX_TOTAL = 2**30  # sum(counts) must stay below this: exact ranks use 32-bit integers
 
 
@@ -179,3 +183,42 @@ def sample(seed: jax.Array, counts: jax.Array, rows: jax.Array, step: jax.Array,
   out_domain = jnp.full(batch_size, -1, jnp.int32).at[position].set(domain, mode='drop')
   out_row = jnp.zeros(batch_size, jnp.int32).at[position].set(row, mode='drop')
   return out_domain, out_row
+
+
+# ------------------------------------------------------------------------------ mixtures
+def resolve_weights(weights, names: list[str], natural: np.ndarray, field: str) -> np.ndarray:
+  """'uniform' | 'natural' | {domain: weight} -> weights aligned with `names`, checked."""
+  if isinstance(weights, str):
+    if weights == 'uniform':
+      return np.full(len(names), 1.0 / len(names))
+    if weights == 'natural':
+      return np.asarray(natural, np.float64) / np.sum(natural)
+    raise ConfigError(f"{field} is '{weights}'; use 'uniform', 'natural' or a dict "
+                      f'{{domain: weight}} over {names}.')
+  weights = weights.to_dict() if isinstance(weights, ml_collections.ConfigDict) else dict(weights)
+  unknown = sorted(set(weights) - set(names))
+  if unknown:
+    raise ConfigError(f'{field} names unknown domain(s) {unknown}; the configured domains are '
+                      f'{names}.')
+  try:
+    w = np.array([float(weights.get(n, 0.0)) for n in names])
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'{field} must map domains to numbers; got {weights}.') from e
+  bad = [n for n, v in zip(names, w) if not math.isfinite(v) or v < 0]
+  if bad:
+    raise ConfigError(f'{field} has negative or non-finite weights for {bad}; every weight must '
+                      f'be a finite number >= 0.')
+  if abs(w.sum() - 1.0) > WEIGHT_TOLERANCE:
+    raise ConfigError(f'{field} sums to {w.sum():.6g}, not 1; rescale the weights so they sum '
+                      f'to 1.')
+  return w
+
+
+def counts_from_weights(weights: np.ndarray, tokens: int, seq_len: int) -> np.ndarray:
+  """Per-domain sequence counts summing to round(tokens / seq_len), by largest remainder."""
+  total = int(round(tokens / seq_len))
+  ideal = np.asarray(weights, np.float64) * total
+  counts = np.floor(ideal).astype(np.int64)
+  order = np.argsort(-(ideal - counts), kind='stable')
+  counts[order[:total - counts.sum()]] += 1
+  return counts

@@ -19,6 +19,7 @@ from etils import epath
 
 from autoscale_jax.data import loader as loader_lib
 from autoscale_jax.data import mixture
+from autoscale_jax import progress
 from autoscale_jax.errors import ConfigError, UserError
 from autoscale_jax.io import write_json_atomic
 from autoscale_jax.models import ModelSpec, build_model
@@ -57,16 +58,6 @@ def run_fingerprint(config: ml_collections.ConfigDict, counts: np.ndarray,
   """Hash of run_description: runs with the same fingerprint train to the same result."""
   blob = json.dumps(run_description(config, counts, tokenizer_hash), sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def counts_from_weights(weights: np.ndarray, tokens: int, seq_len: int) -> np.ndarray:
-  """Per-domain sequence counts summing to round(tokens / seq_len), by largest remainder."""
-  total = int(round(tokens / seq_len))
-  ideal = np.asarray(weights, np.float64) * total
-  counts = np.floor(ideal).astype(np.int64)
-  order = np.argsort(-(ideal - counts), kind='stable')
-  counts[order[:total - counts.sum()]] += 1
-  return counts
 
 
 class _Preemption:
@@ -328,7 +319,7 @@ def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, *, counts: n
         mfu = f"  mfu {100 * speed['mfu']:.1f}%" if 'mfu' in speed else ''
         logging.info('[%s] step %d/%d  loss %.4f  %.0f tok/s%s  eta %s', name, step,
                      total_steps, m['loss'], speed['tokens_per_s'], mfu,
-                     metrics_lib.format_eta(speed['eta_s']))
+                     progress.format_eta(speed['eta_s']))
       if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
         evals.append(evaluate(step))
       if saving:

@@ -67,6 +67,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from autoscale_jax.data import loader as loader_lib
 from autoscale_jax.data import mixture
+from autoscale_jax import progress
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.io import write_json_atomic
 from autoscale_jax.train import loop
@@ -668,7 +669,7 @@ def _train_stack(config, run_dirs, counts, names, stores, tokenizer, trainer) ->
         mfu = f"  mfu {100 * speed['mfu']:.1f}%" if 'mfu' in speed else ''
         logging.info('[%s] step %d/%d  %d of %d runs active  loss %.4f-%.4f  %.0f tok/s%s  '
                      'eta %s', label, step, last, len(active), n, losses.min(), losses.max(),
-                     speed['tokens_per_s'], mfu, metrics_lib.format_eta(speed['eta_s']))
+                     speed['tokens_per_s'], mfu, progress.format_eta(speed['eta_s']))
       if tcfg.eval_every and step % tcfg.eval_every == 0:
         which = [r for r in active if step < totals[r]]
         if which:
