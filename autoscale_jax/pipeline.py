@@ -453,7 +453,7 @@ def validation_targets(config: ml_collections.ConfigDict) -> list[int]:
 
 
 def _baseline_specs(exp: Experiment, mixtures: dict[str, np.ndarray], target: int) -> list[RunSpec]:
-    return [RunSpec(name, exp.full(counts_from_weights(w, target, exp.seq_len)),
+  return [RunSpec(name, exp.full(counts_from_weights(w, target, exp.seq_len)),
                   int(exp.config.seed),
                   int(exp.config.validate.eval_every)) for name, w in mixtures.items()]
 
@@ -508,7 +508,7 @@ def validate(exp: Experiment, predictions: dict) -> list[dict]:
 # ------------------------------------------------------------------------------ modes
 def train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   """mode=train: one run of config.train.tokens tokens with config.train.weights."""
-    exp = Experiment(config, workdir)
+  exp = Experiment(config, workdir)
   weights = resolve_weights(config.train.weights, exp.mix_names, exp.natural[exp.trainable],
                             'config.train.weights')
   tokens = _positive_tokens(config.train.tokens, 'config.train.tokens')[0]
@@ -530,7 +530,7 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = prin
   """
   from autoscale_jax.data.mixture import num_steps
   from autoscale_jax.train import mesh as mesh_lib
-    names = [d.name for d in config.data.domains]
+  names = [d.name for d in config.data.domains]
   trainable = trainable_mask(config)
   mix_names = [n for n, t in zip(names, trainable) if t]
   seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
