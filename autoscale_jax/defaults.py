@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = 'float32'  # parameter / optimizer-state dtype (keep float32)
   c.model.remat = 'none'  # none | full | dots: rematerialization policy of each block
   c.model.scan_layers = True  # nn.scan over blocks: one compiled block, fast compiles for deep models
+  c.model.scan_unroll = 1  # scanned blocks per loop iteration (0 = all: no loop, compiles every layer)
+  c.model.attention_impl = 'xla'  # xla | cudnn: the jax.nn.dot_product_attention implementation
 
   # --- data ----------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()

@@ -29,7 +29,7 @@ import tiny  # noqa: E402
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
 from autoscale_jax.train import metrics  # noqa: E402
-from autoscale_jax.train.trainer import Trainer  # noqa: E402
+from autoscale_jax.train.trainer import Trainer, run_key  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +142,7 @@ def run_case(case: Case, args, limit: int | None, deadline: float) -> dict:
       tokens[:, 0], tokens[:, -1] = 101, 102
     data = trainer.put_batch({'tokens': tokens, 'domain': np.zeros(batch, np.int32)})
     try:
-      state = trainer.init_state()
+      state = trainer.init_state(run_key(0))
       for _ in range(args.warmup):
         state, m = compiled(state, data, trainer.rng, np.int32(1000))
       jax.block_until_ready(m['loss'])

@@ -1,7 +1,7 @@
 """Wall time of one tiny-config DDO budget, m = 5 domains, 2m+1 = 11 proxy runs: stacked (one
-vmapped program, autoscale_jax/train/stacked.py) vs sequential (loop.run one run after another).
+vmapped program, autoscale_jax/train/stacked.py) vs sequential (runs.run one run after another).
 
-Both sides go through stacked.run_many, the pipeline's entry point, with config.train.stack_runs
+Both sides go through runs.run_many, the pipeline's entry point, with config.train.stack_runs
 forced to True or False, on configs/tiny.py (2-layer d128 GPT-2, seq 64, batch 16, checkpoints
 every 10 steps and at the end, one evaluation at the end) and its DDO plan (base mixture uniform,
 factors 1/5 and 3) at --budget tokens. The domains are the four demo domains plus a fifth, the
@@ -32,6 +32,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -40,10 +41,11 @@ from etils import epath
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs'))
 import tiny  # noqa: E402
 
-from autoscale_jax import pipeline  # noqa: E402
 from autoscale_jax.data import mixture, store, tokenizer  # noqa: E402
-from autoscale_jax.train import loop, stacked  # noqa: E402
+from autoscale_jax.pipeline import ddo  # noqa: E402
+from autoscale_jax.train import memory, runs  # noqa: E402
 from autoscale_jax.train import metrics as metrics_lib  # noqa: E402
+from autoscale_jax.train.trainer import run_key  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).with_name('RESULTS.md')
 HEADING = '## Proxy runs: one DDO budget stacked vs sequential'
@@ -61,32 +63,34 @@ def make_config(budget: int) -> ml_collections.ConfigDict:
 def plan(config, stores) -> list:
   names = list(stores)
   natural = np.array([s.meta['tokens'] for s in stores.values()], np.float64)
-  _, specs, _ = pipeline.ddo_plan(config, names, natural, np.ones(len(names), bool),
-                                  int(config.ddo.budgets[0]), int(config.data.seq_len))
+  _, specs, _ = ddo.ddo_plan(config, names, natural, np.ones(len(names), bool),
+                             int(config.ddo.budgets[0]), int(config.data.seq_len))
   return specs
 
 
-def budget_wall(config, stack: bool, root: epath.Path, specs, stores, tok, trainer) -> float:
+def budget_wall(config, stack: bool, root: epath.Path, specs, stores, tok, trainers) -> float:
   c = copy.deepcopy(config)  # keeps stack_runs' object type (True, False or 'auto')
   c.train.stack_runs = stack
   start = time.perf_counter()
-  stacked.run_many(c, [root / f'run{k}' for k in range(len(specs))],
-                   counts=[s.counts for s in specs], stores=stores, tokenizer=tok,
-                   names=[s.name for s in specs], trainer=trainer)
+  runs.run_many(c, [runs.Run(s.name, root / f'run{k}', s.counts, s.seed)
+                    for k, s in enumerate(specs)], stores=stores, tokenizer=tok,
+                trainers=trainers)
   return time.perf_counter() - start
 
 
-def step_seconds(trainer, specs, reps: int = 20) -> tuple[float, float]:
+def step_seconds(trainers, specs, reps: int = 20) -> tuple[float, float]:
   """Median seconds of one run's jitted step and of the N-run stacked step (fixed batches)."""
+  trainer = trainers.single
   n, b = len(specs), int(trainer.train_cfg.batch_size)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 512, (n, b, trainer.model.row_len)).astype(np.int32)
   domain = rng.integers(0, trainer.num_domains, (n, b)).astype(np.int32)
   single_batch = trainer.put_batch({'tokens': tokens[0], 'domain': domain[0]})
-  stack = stacked.shared_stacked_trainer(trainer, n)  # the compile run_many uses
+  stack = trainers.stacked(n)  # the compile run_many uses
   stack_batch = stack.put_batch({'tokens': tokens, 'domain': domain})
   totals = np.full(n, 10**6, np.int64)
-  single, many = trainer.init_state(), stack.init_state()
+  key, keys = run_key(0), jnp.stack([run_key(0)] * n)
+  single, many = trainer.init_state(key), stack.init_state(keys)
 
   def timed(fn, state):
     times = []
@@ -97,15 +101,15 @@ def step_seconds(trainer, specs, reps: int = 20) -> tuple[float, float]:
       times.append(time.perf_counter() - t)
     return statistics.median(times[1:])  # the first call may compile
 
-  one = timed(lambda s: trainer.step(s, single_batch, 10**6), single)
-  all_runs = timed(lambda s: stack.step(s, stack_batch, totals), many)
+  one = timed(lambda s: trainer.step(s, single_batch, key, 10**6), single)
+  all_runs = timed(lambda s: stack.step(s, stack_batch, keys, totals), many)
   return one, all_runs
 
 
 def warm_shared(trainer, specs, stores, config, workdir: epath.Path) -> None:
   """Compiles and imports what both sides share (init, sampler, TensorBoard), so the first
   repetition of each side shows its own compilation only."""
-  jax.block_until_ready(trainer.init_state())
+  jax.block_until_ready(trainer.init_state(run_key(0)))
   rows = np.array([s.train.shape[0] for s in stores.values()])
   jax.block_until_ready(mixture.sample(config.seed, specs[0].counts, rows, 0,
                                        int(config.train.batch_size)))
@@ -151,13 +155,13 @@ def main() -> None:
   tok = tokenizer.get_tokenizer(config, workdir)
   stores = store.prepare(config, workdir)
   specs = plan(config, stores)
-  trainer = loop.build_trainer(config, tok, len(stores))
-  steps = [loop.checked_num_steps(s.name, s.counts, int(config.train.batch_size)) for s in specs]
-  chosen, reason = stacked.choose_stacking(config, len(specs), trainer)
+  trainers = runs.Trainers(config, tok, len(stores))
+  steps = [runs.checked_num_steps(s.name, s.counts, int(config.train.batch_size)) for s in specs]
+  chosen, reason = memory.choose_stacking(config, len(specs), trainers.single)
   print(f'{len(specs)} runs of {min(steps)}-{max(steps)} steps ({sum(steps)} in all) at '
         f'{args.budget:,} tokens; stack_runs=auto would choose: {reason}', flush=True)
 
-  warm_shared(trainer, specs, stores, config, workdir)
+  warm_shared(trainers.single, specs, stores, config, workdir)
   runs_root = workdir / f'runs-{os.getpid()}-{int(time.time())}'
   walls = {'stacked': [], 'sequential': []}
   try:
@@ -165,12 +169,12 @@ def main() -> None:
       order = ['stacked', 'sequential'] if rep % 2 == 0 else ['sequential', 'stacked']
       for side in order:
         wall = budget_wall(config, side == 'stacked', runs_root / f'{side}{rep}', specs,
-                           stores, tok, trainer)
+                           stores, tok, trainers)
         walls[side].append(wall)
         print(f'  repetition {rep} {side}: {wall:.1f} s', flush=True)
         (runs_root / f'{side}{rep}').rmtree(missing_ok=True)
-    one, all_runs = step_seconds(trainer, specs)
-    vectorized = stacked.shared_stacked_trainer(trainer, len(specs)).vectorize
+    one, all_runs = step_seconds(trainers, specs)
+    vectorized = trainers.stacked(len(specs)).vectorize
   finally:
     shutil.rmtree(runs_root, ignore_errors=True)
 
@@ -179,7 +183,7 @@ def main() -> None:
   ratio = med['sequential'] / med['stacked']
   dev = jax.devices()[0]
   rows = [
-      ('sequential (loop.run x 11)', first['sequential'], med['sequential'],
+      ('sequential (runs.run x 11)', first['sequential'], med['sequential'],
        ' '.join(f'{w:.1f}' for w in walls['sequential'][1:])),
       ('stacked (one program)', first['stacked'], med['stacked'],
        ' '.join(f'{w:.1f}' for w in walls['stacked'][1:])),

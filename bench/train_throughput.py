@@ -33,7 +33,7 @@ import tiny  # noqa: E402
 
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
-from autoscale_jax.train.trainer import Trainer  # noqa: E402
+from autoscale_jax.train.trainer import Trainer, run_key  # noqa: E402
 
 HEADING = '## Train step throughput (CPU, fp32)'
 
@@ -100,10 +100,10 @@ def ours(family: str, s: Size, variant: str = 'ours'):
   if family == 'bert':
     tokens[:, 0], tokens[:, -1] = 101, 102
   batch = trainer.put_batch({'tokens': tokens, 'domain': np.zeros(s.batch, np.int32)})
-  holder = {'state': trainer.init_state()}
+  holder = {'state': trainer.init_state(run_key(0))}
 
   def step():
-    holder['state'], metrics = trainer.step(holder['state'], batch, 10_000)
+    holder['state'], metrics = trainer.step(holder['state'], batch, run_key(0), 10_000)
     jax.block_until_ready(metrics['loss'])
   step()  # compile
   return step, model.flops_per_token

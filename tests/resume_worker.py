@@ -19,7 +19,9 @@ import tiny  # noqa: E402
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
 from autoscale_jax.train.checkpoint import Checkpointer  # noqa: E402
-from autoscale_jax.train.trainer import Trainer  # noqa: E402
+from autoscale_jax.train.trainer import Trainer, run_key  # noqa: E402
+
+KEY = run_key(0)  # the key of every run here (seed 0)
 
 VOCAB, SEQ, TOTAL = 512, 32, 10
 
@@ -47,11 +49,11 @@ def main() -> None:
   trainer = make_trainer()
   ckpt = Checkpointer(args.ckpt, fingerprint='resume-test', every=5, keep=3, use_async=True)
   restored = ckpt.restore(trainer.abstract_state)
-  state = trainer.init_state() if restored is None else restored[0]
+  state = trainer.init_state(KEY) if restored is None else restored[0]
   start = int(state.step)
   losses = []
   for step in range(start, args.until):
-    state, m = trainer.step(state, trainer.put_batch(synthetic_batch(step, 16)), TOTAL)
+    state, m = trainer.step(state, trainer.put_batch(synthetic_batch(step, 16)), KEY, TOTAL)
     losses.append(float(m['loss']))
     ckpt.maybe_save(step + 1, state)
   ckpt.close()

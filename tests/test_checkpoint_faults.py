@@ -22,7 +22,7 @@ import kill_harness
 import resume_worker
 from autoscale_jax import pipeline
 from autoscale_jax.errors import ConfigError
-from autoscale_jax.train import loop
+from autoscale_jax.train import loop, runs
 from autoscale_jax.train.checkpoint import Checkpointer
 
 
@@ -58,9 +58,10 @@ def saved(tmp_path_factory):
   trainer = resume_worker.make_trainer()
   directory = tmp_path_factory.mktemp('ckpt') / 'checkpoints'
   ckpt = Checkpointer(directory, fingerprint='f', every=1, keep=3, use_async=True)
-  state, states = trainer.init_state(), {}
+  state, states = trainer.init_state(resume_worker.KEY), {}
   for step in range(1, 4):
-    state, _ = trainer.step(state, trainer.put_batch(resume_worker.synthetic_batch(step, 16)), 10)
+    batch = trainer.put_batch(resume_worker.synthetic_batch(step, 16))
+    state, _ = trainer.step(state, batch, resume_worker.KEY, 10)
     states[step] = jax.device_get(state)
     ckpt.maybe_save(step, state)
   ckpt.close()
@@ -95,7 +96,7 @@ def test_checkpoint_of_another_run_is_refused_naming_the_difference(saved, tmp_p
   directory = tmp_path / 'checkpoints'
   before = {'model': {'d_model': 128, 'num_layers': 2}, 'lr': 0.003}
   ckpt = Checkpointer(directory, fingerprint='a', every=1, keep=2, description=before)
-  ckpt.maybe_save(1, trainer.init_state())
+  ckpt.maybe_save(1, trainer.init_state(resume_worker.KEY))
   ckpt.close()
   now = {'model': {'d_model': 64, 'num_layers': 2}, 'lr': 0.003}
   with pytest.raises(ConfigError) as e:
@@ -170,8 +171,8 @@ def test_training_resumes_from_the_previous_checkpoint_when_the_newest_is_corrup
   with pytest.raises(ConfigError, match=r'model\.overrides\.num_layers: None in the checkpoint, '
                                         r'1 now.*; restore that config or point the run at a '
                                         r'fresh directory\.$'):
-    loop.run(other, run, counts=np.asarray(first['requested_sequences']), stores=stores,
-             tokenizer=tok, name='other')
+    runs.run(other, runs.Run('other', run, np.asarray(first['requested_sequences']), 0),
+             stores=stores, tokenizer=tok)
   assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == files
 
 
@@ -194,7 +195,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_last_good_checkpoint(prep
   assert not (run / 'result.json').exists()
   saved_steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir())
   assert saved_steps[-1] == good  # nothing non-finite was saved
-  trainer = loop.build_trainer(config, _tokenizer(config, workdir), 4)
+  trainer = runs.Trainers(config, _tokenizer(config, workdir), 4).single
   state, _ = Checkpointer(run / 'checkpoints', fingerprint=json.loads(
       (run / 'config.json').read_text())['fingerprint'], every=1, keep=100).restore(
           trainer.abstract_state)

@@ -1,5 +1,5 @@
-"""Stacked proxy runs (issue 8): equal to loop.run one after another, resumable, skip finished
-runs, and the stacked-or-sequential choice.
+"""Stacked proxy runs: equal to runs.run one after another (also across seeds), resumable, skip
+finished runs, and the stacked-or-sequential choice.
 
 Three synthetic domains (Zipf token streams, each with its own slope and token order), so the
 runs' mixtures change their objectives; the same tiny GPT-2 as the trainer tests on 2 of the 8
@@ -23,7 +23,7 @@ import tiny  # noqa: E402
 
 from autoscale_jax.data.store import DomainStore  # noqa: E402
 from autoscale_jax.errors import ConfigError  # noqa: E402
-from autoscale_jax.train import loop, stacked  # noqa: E402
+from autoscale_jax.train import memory, runs, stacked  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
 from autoscale_jax.train.checkpoint import Checkpointer  # noqa: E402
 
@@ -69,14 +69,20 @@ STORES, TOKENIZER, CONFIG = make_stores(), SyntheticTokenizer(), make_config()
 MESH = mesh_lib.make_mesh(CONFIG.mesh, jax.devices()[:2])
 
 
+TRAINERS = runs.Trainers(CONFIG, TOKENIZER, len(DOMAINS), MESH)
+
+
 def trainer():
-  return stacked.shared_trainer(CONFIG, TOKENIZER, len(DOMAINS), MESH)
+  return TRAINERS.single
 
 
-def train_stacked(root: epath.Path, runs: list[int]) -> list[dict]:
-  return stacked.run_stacked(CONFIG, [root / f'run{i}' for i in runs],
-                             counts=[COUNTS[i] for i in runs], stores=STORES,
-                             tokenizer=TOKENIZER, names=[f'run{i}' for i in runs], mesh=MESH)
+def spec(root: epath.Path, i: int, seed: int = 0, counts=None) -> runs.Run:
+  return runs.Run(f'run{i}', root / f'run{i}', COUNTS[i] if counts is None else counts, seed)
+
+
+def train_stacked(root: epath.Path, which: list[int]) -> list[dict]:
+  return runs.run_stacked(CONFIG, [spec(root, i) for i in which], stores=STORES,
+                          tokenizer=TOKENIZER, trainers=TRAINERS)
 
 
 def records(run_dir: epath.Path) -> list[dict]:
@@ -109,8 +115,8 @@ def assert_same_run(got: dict, want: dict, got_dir: epath.Path, want_dir: epath.
 @pytest.fixture(scope='module', name='sequential')
 def fixture_sequential(tmp_path_factory):
   root = epath.Path(tmp_path_factory.mktemp('sequential'))
-  results = [loop.run(CONFIG, root / f'run{i}', counts=c, stores=STORES, tokenizer=TOKENIZER,
-                      trainer=trainer(), name=f'run{i}') for i, c in enumerate(COUNTS)]
+  results = [runs.run(CONFIG, spec(root, i), stores=STORES, tokenizer=TOKENIZER,
+                      trainers=TRAINERS) for i in range(len(COUNTS))]
   return root, results
 
 
@@ -142,11 +148,11 @@ def test_stacked_equals_sequential(sequential, tmp_path):
 
 def test_kill_and_resume_of_the_folded_stack(sequential, tmp_path, monkeypatch):
   seq_root, seq_results = sequential
-  runs = [0, 1, 2]  # 3 runs on fsdp 2: the run axis is folded (replicated)
+  which = [0, 1, 2]  # 3 runs on fsdp 2: the run axis is folded (replicated)
   three = stacked.StackedTrainer(trainer(), 3)
   assert three.run_axes == () and not three.vectorize  # on CPU: a loop over runs in the program
   straight_root, killed_root = epath.Path(tmp_path) / 'straight', epath.Path(tmp_path) / 'killed'
-  straight = train_stacked(straight_root, runs)
+  straight = train_stacked(straight_root, which)
 
   real_step = stacked.StackedTrainer.step
   calls = []
@@ -159,9 +165,9 @@ def test_kill_and_resume_of_the_folded_stack(sequential, tmp_path, monkeypatch):
 
   monkeypatch.setattr(stacked.StackedTrainer, 'step', dies_after_ten)
   with pytest.raises(RuntimeError, match='killed'):
-    train_stacked(killed_root, runs)
+    train_stacked(killed_root, which)
   (stack_dir,) = killed_root.glob('stack-*')
-  assert not any((killed_root / f'run{i}' / 'result.json').exists() for i in runs)
+  assert not any((killed_root / f'run{i}' / 'result.json').exists() for i in which)
 
   def counted(self, *args):
     calls.append(1)
@@ -169,46 +175,61 @@ def test_kill_and_resume_of_the_folded_stack(sequential, tmp_path, monkeypatch):
 
   monkeypatch.setattr(stacked.StackedTrainer, 'step', counted)
   calls.clear()
-  resumed = train_stacked(killed_root, runs)
+  resumed = train_stacked(killed_root, which)
   assert len(calls) == 13 - 8  # resumed from the step-8 checkpoint, not from scratch
   assert not stack_dir.exists()
-  for i, got, want, alone in zip(runs, resumed, straight, seq_results):
+  for i, got, want, alone in zip(which, resumed, straight, seq_results):
     assert_same_run(got, want, killed_root / f'run{i}', straight_root / f'run{i}', rtol=0)
     assert records(killed_root / f'run{i}')[-1] == records(straight_root / f'run{i}')[-1]
     assert_same_run(got, alone, killed_root / f'run{i}', seq_root / f'run{i}')
 
-  # Finished runs are read back, not retrained; a lone unfinished one goes through loop.run.
+  # Finished runs are read back, not retrained; a lone unfinished one goes through runs.run.
   monkeypatch.setattr(stacked.StackedTrainer, 'step', None)
-  again = train_stacked(straight_root, runs)
+  again = train_stacked(straight_root, which)
   assert again == straight
   (straight_root / 'run1' / 'result.json').unlink()
-  again = train_stacked(straight_root, runs)
+  again = train_stacked(straight_root, which)
   assert again[0] == straight[0] and again[2] == straight[2]
   assert_same_run(again[1], straight[1], straight_root / 'run1', straight_root / 'run1')
+
+
+def test_a_stack_spans_seeds(sequential, tmp_path):
+  """Two runs of one mixture with seeds 0 and 1, stacked: each equals its run alone."""
+  seq_root, seq_results = sequential
+  root = epath.Path(tmp_path)
+  alone = runs.run(CONFIG, spec(root / 'alone', 1, seed=1), stores=STORES, tokenizer=TOKENIZER,
+                   trainers=TRAINERS)
+  pair = [runs.Run('seed0', root / 'seed0', COUNTS[1], 0),
+          runs.Run('seed1', root / 'seed1', COUNTS[1], 1)]
+  got = runs.run_stacked(CONFIG, pair, stores=STORES, tokenizer=TOKENIZER, trainers=TRAINERS)
+  assert got[0]['fingerprint'] == seq_results[1]['fingerprint'] != alone['fingerprint']
+  assert abs(alone['objective'] - seq_results[1]['objective']) > 1e-3  # the seed matters
+  assert_same_run(got[0], seq_results[1], root / 'seed0', seq_root / 'run1')
+  assert_same_run(got[1], alone, root / 'seed1', root / 'alone' / 'run1')
 
 
 def test_choose_stacking(monkeypatch):
   t, c = trainer(), make_config()
   c.train.stack_runs = 'auto'
-  stack, reason = stacked.choose_stacking(c, 11, t)
+  stack, reason = memory.choose_stacking(c, 11, t)
   assert stack and reason.startswith('stacking 11 runs: est. ') and 'GiB of' in reason
-  assert stacked.choose_stacking(c, 1, t)[0] is False
-  est = [stacked.estimate_memory(t, n)['total'] for n in (1, 2, 11)]
+  assert memory.choose_stacking(c, 1, t)[0] is False
+  est = [memory.estimate_memory(t, n)['total'] for n in (1, 2, 11)]
   assert 0 < est[0] < est[1] < est[2] <= 11 * est[0]
 
-  monkeypatch.setattr(stacked, 'device_memory', lambda device: (est[2], 'test'))
-  stack, reason = stacked.choose_stacking(c, 11, t)
+  monkeypatch.setattr(memory, 'device_memory', lambda device: (est[2], 'test'))
+  stack, reason = memory.choose_stacking(c, 11, t)
   assert not stack and reason.startswith('sequential: 11 stacked runs need est.')
   c.train.stack_runs = True
-  stack, reason = stacked.choose_stacking(c, 11, t)
+  stack, reason = memory.choose_stacking(c, 11, t)
   assert stack and 'may run out of memory' in reason
   for off in (False, 'False'):
     c.train.stack_runs = off
-    stack, reason = stacked.choose_stacking(c, 11, t)
+    stack, reason = memory.choose_stacking(c, 11, t)
     assert not stack and 'stack_runs=False' in reason
   c.train.stack_runs = 'sometimes'
   with pytest.raises(ConfigError, match='config.train.stack_runs'):
-    stacked.choose_stacking(c, 11, t)
+    memory.choose_stacking(c, 11, t)
 
 
 def test_layout_puts_runs_on_the_batch_axes_that_divide_them():

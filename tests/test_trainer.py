@@ -18,7 +18,9 @@ from autoscale_jax.errors import ConfigError  # noqa: E402
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
 from autoscale_jax.train import optim  # noqa: E402
-from autoscale_jax.train.trainer import Trainer, loss_and_grads, objective  # noqa: E402
+from autoscale_jax.train.trainer import Trainer, loss_and_grads, objective, run_key  # noqa: E402
+
+KEY = run_key(0)  # the key of every run here (seed 0)
 
 VOCAB, SEQ, BATCH = 512, 32, 16
 
@@ -42,10 +44,11 @@ def _trainer(shape=(-1, 1, 1), devices=None, grad_accum=1, family='gpt2', dropou
 
 
 def _losses(trainer: Trainer, steps: int = 5) -> list[float]:
-  state = trainer.init_state()
+  state = trainer.init_state(KEY)
   out = []
   for s in range(steps):
-    state, m = trainer.step(state, trainer.put_batch(_batch(s % 2)), 20)  # two batches: it can learn
+    batch = trainer.put_batch(_batch(s % 2))  # two batches: it can learn
+    state, m = trainer.step(state, batch, KEY, 20)
     out.append(float(m['loss']))
   return out
 
@@ -60,7 +63,7 @@ def test_losses_equal_across_meshes():
 
 def test_params_are_sharded_as_the_rules_say():
   trainer = _trainer((2, 2, 2))
-  state = trainer.init_state()
+  state = trainer.init_state(KEY)
   wte = state.params['wte']['embedding']  # ('vocab', 'embed') -> ('tensor', 'fsdp')
   assert wte.sharding.spec == jax.sharding.PartitionSpec('tensor', 'fsdp')
   assert wte.addressable_shards[0].data.shape == (wte.shape[0] // 2, wte.shape[1] // 2)
@@ -71,7 +74,7 @@ def test_params_are_sharded_as_the_rules_say():
 @pytest.mark.parametrize('family', ['gpt2', 'bert'])
 def test_grad_accumulation_equals_full_batch(family):
   trainer = _trainer(family=family)
-  params = trainer.init_state().params
+  params = trainer.init_state(KEY).params
   batch = {k: jnp.asarray(v) for k, v in _batch(0).items()}
   if family == 'bert':
     batch['tokens'] = batch['tokens'][:, :SEQ]
@@ -94,10 +97,10 @@ def test_grad_accumulation_equals_full_batch(family):
 
 def test_grad_accumulation_step_matches_full_batch_step():
   full, accum = _trainer((2, 2, 2), grad_accum=1), _trainer((2, 2, 2), grad_accum=4)
-  s1, s4 = full.init_state(), accum.init_state()
+  s1, s4 = full.init_state(KEY), accum.init_state(KEY)
   for s in range(3):
-    s1, m1 = full.step(s1, full.put_batch(_batch(s)), 20)
-    s4, m4 = accum.step(s4, accum.put_batch(_batch(s)), 20)
+    s1, m1 = full.step(s1, full.put_batch(_batch(s)), KEY, 20)
+    s4, m4 = accum.step(s4, accum.put_batch(_batch(s)), KEY, 20)
     np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-6)
   # Adam divides by sqrt(v): float32 summation-order noise in near-zero gradients grows to
   # ~1e-6 in the parameters after a few steps; the gradients themselves agree to 1e-6 above.
@@ -107,13 +110,13 @@ def test_grad_accumulation_step_matches_full_batch_step():
 
 def test_domain_sequences_counted_from_batches():
   trainer = _trainer()
-  state = trainer.init_state()
+  state = trainer.init_state(KEY)
   expected = np.zeros(4, np.int64)
   for s in range(3):
     b = _batch(s)
     b['mask'] = (np.arange(BATCH) < BATCH - s).astype(np.float32)  # padding slots don't count
     expected += np.bincount(b['domain'][b['mask'] > 0], minlength=4)
-    state, _ = trainer.step(state, trainer.put_batch(b), 20)
+    state, _ = trainer.step(state, trainer.put_batch(b), KEY, 20)
   np.testing.assert_array_equal(np.asarray(state.domain_sequences), expected)
 
 

@@ -12,7 +12,7 @@ per-step rng, so the loader stays identical for both model families.
 
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -43,7 +43,7 @@ class _Assembler:
             'mask': put(self.sharding, (domain >= 0).astype(np.float32))}
 
 
-def _gather(stores: list[DomainStore], split: str, domain: np.ndarray,
+def gather_rows(stores: list[DomainStore], split: str, domain: np.ndarray,
             row: np.ndarray) -> np.ndarray:
   """Rows (domain[k], row[k]) of the split; zeros where domain is -1 (padding)."""
   out = np.zeros((len(domain), stores[0].meta['row_len']), np.int32)
@@ -97,7 +97,7 @@ class Loader:
     domain, row = mixture.sample(self.seed, self.counts, self.rows, step, self.batch_size)
     slots = self._assemble.slots
     domain, row = np.asarray(domain)[slots], np.asarray(row)[slots]
-    return self._assemble(_gather(self._stores, 'train', domain, row), domain)
+    return self._assemble(gather_rows(self._stores, 'train', domain, row), domain)
 
   def __iter__(self) -> Iterator[Batch]:
     steps = range(self.start_step, self.num_steps)
@@ -135,6 +135,55 @@ class Loader:
       stop.set()
 
 
+class StackedLoader(Loader):
+  """Batches of N runs at once: [N, B] slots, run r's the single-run Loader's batch s.
+
+  One Loader per member checks its counts against the stores (totals, epochs, max_epochs) as a
+  single run would; this class only replaces `batch` (the sampler for every run, then this
+  process's block of (run, slot) rows read from the memmaps) and inherits the prefetching
+  iterator.
+  """
+
+  def __init__(self, stores: Mapping, counts: Sequence[np.ndarray], *, seeds: Sequence[int],
+               batch_size: int, shardings: Mapping[str, NamedSharding],
+               run_sharding: NamedSharding, start_step: int = 0, prefetch: int = 2,
+               max_epochs: int = 1):
+    # pylint: disable=super-init-not-called  # the members are the Loaders; see the docstring
+    self.members = [Loader(stores, c, seed=seed, batch_size=batch_size, sharding=run_sharding,
+                           start_step=start_step, prefetch=0, max_epochs=max_epochs)
+                    for c, seed in zip(counts, seeds)]
+    self.names, self._stores = list(stores), list(stores.values())
+    self.counts = np.stack([m.counts for m in self.members])
+    self.rows = self.members[0].rows
+    self.seeds, self.batch_size, self.start_step = [int(s) for s in seeds], batch_size, start_step
+    self.prefetch = prefetch
+    self.num_steps = max(m.num_steps for m in self.members)
+    self.epochs = [m.epochs for m in self.members]
+    self._shardings = shardings
+    n = len(self.members)
+    index = shardings['domain'].addressable_devices_indices_map((n, batch_size))
+    self.local_runs = np.unique(np.concatenate([np.arange(n)[i[0]] for i in index.values()]))
+    self.local_slots = np.unique(np.concatenate([np.arange(batch_size)[i[1]]
+                                                 for i in index.values()]))
+
+  def batch(self, step: int) -> dict:
+    n, b = len(self.members), self.batch_size
+    # One sampler call per run (not vmapped): the program single runs compiled, for any N.
+    drawn = [mixture.sample(self.seeds[r], self.counts[r], self.rows, step, b)
+             for r in self.local_runs]
+    domain = np.stack([np.asarray(d) for d, _ in drawn])[:, self.local_slots]
+    row = np.stack([np.asarray(r) for _, r in drawn])[:, self.local_slots]
+    # pylint: disable=protected-access  # the loader's row gather, shared rather than copied
+    tokens = np.stack([gather_rows(self._stores, 'train', d, r)
+                       for d, r in zip(domain, row)])
+
+    def put(key, local):
+      return jax.make_array_from_process_local_data(self._shardings[key], local,
+                                                    (n, b) + local.shape[2:])
+    return {'tokens': put('tokens', tokens), 'domain': put('domain', domain.astype(np.int32)),
+            'mask': put('domain', (domain >= 0).astype(np.float32))}
+
+
 def val_batches(stores: Mapping[str, DomainStore], batch_size: int,
                 sharding: NamedSharding) -> list[Batch]:
   """Every domain's validation rows in batches of the loader's format, the last one padded."""
@@ -147,5 +196,5 @@ def val_batches(stores: Mapping[str, DomainStore], batch_size: int,
   batches = []
   for start in range(0, len(domain), batch_size):
     d, r = (a[start:start + batch_size][assemble.slots] for a in (domain, row))
-    batches.append(assemble(_gather(store_list, 'val', d, r), d))
+    batches.append(assemble(gather_rows(store_list, 'val', d, r), d))
   return batches

@@ -24,11 +24,11 @@ class ModelSpec:
   # (params, batch, rng, *, train) -> (loss_sum[B], count[B])
   per_example_loss: Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
   flops_per_token: float  # training FLOPs per target token at this run's seq_len
+  seq_len: int  # tokens the model reads per sequence
   row_len: int  # tokens per stored row: seq_len + 1 for causal LMs (inputs and shifted targets)
 
   def dummy_tokens(self, batch: int = 1) -> jnp.ndarray:
-    length = self.row_len - 1 if self.family == 'gpt2' else self.row_len
-    return jnp.zeros((batch, length), jnp.int32)
+    return jnp.zeros((batch, self.seq_len), jnp.int32)
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -53,11 +53,8 @@ def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int
                       '(config.data.tokenizer).')
   fields.update(vocab_size=padded_vocab(max(vocab_size, int(fixed_vocab or 0))),
                 dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                remat=cfg.remat, scan_layers=cfg.scan_layers)
-  if cfg.get('attention_impl'):
-    fields['attention_impl'] = cfg.attention_impl
-  if cfg.get('scan_unroll') is not None:
-    fields['scan_unroll'] = cfg.scan_unroll
+                remat=cfg.remat, scan_layers=cfg.scan_layers,
+                scan_unroll=cfg.scan_unroll, attention_impl=cfg.attention_impl)
   if cfg.family == 'bert':
     fields.update({f'{k}_id': v for k, v in (special_ids or {}).items()
                    if f'{k}_id' in {f.name for f in dataclasses.fields(lib.BertConfig)}})
@@ -76,5 +73,5 @@ def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int
   return ModelSpec(
       family=cfg.family, config=model_config, module=module,
       per_example_loss=functools.partial(lib.per_example_loss, module),
-      flops_per_token=float(lib.flops_per_token(model_config, seq_len)),
+      flops_per_token=float(lib.flops_per_token(model_config, seq_len)), seq_len=seq_len,
       row_len=seq_len + 1 if cfg.family == 'gpt2' else seq_len)

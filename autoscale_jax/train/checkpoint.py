@@ -10,8 +10,11 @@ detected. An unreadable checkpoint is moved aside to `<directory>.unreadable/<st
 warning; with several processes, see Checkpointer.restore.
 """
 
+import contextlib
 import functools
+import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -94,29 +97,64 @@ def _differences(saved: dict | None, current: dict | None, limit: int = 3) -> st
 
 
 class Checkpointer:
-  """Saves every k steps and at the end, keeps n, restores the newest readable checkpoint.
+  """Saves every k steps, at the end and on preemption, keeps n, restores the newest readable one.
 
   `fingerprint` identifies what the state means (model config, optimizer, mixture); a checkpoint
   with another fingerprint is refused instead of being loaded into a different model.
   `description` (JSON-able dict of what the fingerprint hashes) lets that refusal name the
   fields that differ.
+
+  Preemption (SIGTERM from the TPU/GPU scheduler): with several processes, jax.distributed
+  catches the signal and orbax's preemption sync point makes every process stop at the same
+  step; a single process has no such service, so `watch_preemption` installs a SIGTERM handler
+  for the loop. Either way `reached_preemption(step)` says when to save and stop.
   """
 
   def __init__(self, directory: epath.PathLike, *, fingerprint: str, every: int, keep: int,
                use_async: bool = True, description: dict | None = None):
     self.fingerprint = fingerprint
     self.description = description
-    self.every = max(int(every), 1)
     self.directory = epath.Path(directory)
+    policy = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=use_async,
-        cleanup_tmp_directories=True)
+        cleanup_tmp_directories=True,
+        save_decision_policy=policy.AnySavePolicy([
+            policy.FixedIntervalPolicy(max(int(every), 1)),
+            policy.PreemptionCheckpointingPolicy()]))
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('state', 'meta'))
+    self._sigterm = False
+
+  @contextlib.contextmanager
+  def watch_preemption(self) -> Iterator[None]:
+    """While training: a single process turns SIGTERM into reached_preemption() == True."""
+    previous = None
+    if jax.process_count() == 1:
+      def handle(signum, frame):
+        del signum, frame
+        self._sigterm = True
+      try:
+        previous = signal.signal(signal.SIGTERM, handle)
+      except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+      yield
+    finally:
+      if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether to checkpoint at `step` and stop; call it at every step, on every process."""
+    if jax.process_count() > 1:
+      self._sigterm = self._sigterm or self.manager.reached_preemption(step)
+    return self._sigterm
 
   def due(self, step: int, *, final: bool = False) -> bool:
-    """Whether maybe_save(step) would write a checkpoint."""
-    return (final or step % self.every == 0) and step not in self.manager.all_steps()
+    """Whether maybe_save(step) would write a checkpoint (the save interval, or `final`)."""
+    if step in self.manager.all_steps():
+      return False
+    return final or self.manager.should_save(step)
 
   def maybe_save(self, step: int, state: Any, *, final: bool = False,
                  extra: dict | None = None) -> bool:

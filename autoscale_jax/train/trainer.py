@@ -149,6 +149,19 @@ def objective(per_domain_loss: dict[str, float], cfg: ml_collections.ConfigDict)
 
 
 # ------------------------------------------------------------------------------ binding
+def mesh_context(mesh: Mesh, rules: Sequence) -> contextlib.ExitStack:
+  """Mesh and logical-axis rules active while tracing (for activation sharding constraints)."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(mesh))
+  stack.enter_context(nn.logical_axis_rules(rules))
+  return stack
+
+
+def run_key(seed: int) -> jax.Array:
+  """A run's random key: init (fold 1), dropout/masks per step (fold step), eval (fold 2)."""
+  return jax.random.PRNGKey(int(seed))
+
+
 def logical_param_specs(model: ModelSpec, rng: jax.Array):
   """Abstract params (unboxed) and their logical PartitionSpecs, without allocating anything."""
   boxed = jax.eval_shape(
@@ -159,21 +172,23 @@ def logical_param_specs(model: ModelSpec, rng: jax.Array):
 
 @dataclasses.dataclass
 class Trainer:
-  """A model, an optimizer and a mesh, with the steps jitted under explicit shardings."""
+  """A model, an optimizer and a mesh, with the steps jitted under explicit shardings.
+
+  The seed is not the trainer's: every call takes the run's key (run_key), so one trainer and
+  one compiled step serve runs of any seed and any length.
+  """
   model: ModelSpec
   train_cfg: ml_collections.ConfigDict
   mesh: Mesh
   rules: Sequence
   num_domains: int
-  seed: int = 0
 
   def __post_init__(self):
     self.tx = optim.make_optimizer(self.train_cfg)
     self.grad_accum = int(self.train_cfg.grad_accum)
     check_batch(self.train_cfg, mesh_lib.data_parallel_size(self.mesh, self.rules))
-    self.rng = jax.random.PRNGKey(self.seed)
-    abstract_params, specs = logical_param_specs(self.model, self.rng)
-    with self.mesh_context():
+    abstract_params, specs = logical_param_specs(self.model, run_key(0))
+    with mesh_context(self.mesh, self.rules):
       param_sh = nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
     replicated = NamedSharding(self.mesh, P())
     abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
@@ -204,26 +219,21 @@ class Trainer:
     self._eval_step = jax.jit(evaluate, in_shardings=(param_sh, self.batch_shardings,
                                                       replicated),
                               out_shardings=(replicated, replicated))
-    self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self._init = jax.jit(self.make_state, out_shardings=self.state_shardings)
 
-  def mesh_context(self) -> contextlib.ExitStack:
-    """Mesh and logical-axis rules active while tracing (for activation sharding constraints)."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.set_mesh(self.mesh))
-    stack.enter_context(nn.logical_axis_rules(self.rules))
-    return stack
-
-  def _init_state(self, rng):
+  def make_state(self, rng: jax.Array) -> TrainState:
+    """The initial state drawn from `rng` (pure: init_state jits it, stacks vmap it)."""
     variables = self.model.module.init(rng, self.model.dummy_tokens(), deterministic=True)
     params = nn.unbox(variables)['params']
     return TrainState(step=jnp.int32(0), params=params, opt_state=self.tx.init(params),
                       domain_sequences=jnp.zeros((self.num_domains,), jnp.int32))
 
-  def init_state(self) -> TrainState:
+  def init_state(self, rng: jax.Array) -> TrainState:
+    """The initial state of a run with key `rng`."""
     # No logical-rules context here: out_shardings place the params; the rules would only
     # re-constrain init intermediates (and flax's DenseGeneral init reshapes before boxing).
     with jax.set_mesh(self.mesh):
-      return self._init(jax.random.fold_in(self.rng, 1))
+      return self._init(jax.random.fold_in(rng, 1))
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> Batch:
     """Host arrays of the whole global batch -> sharded jax.Arrays (single-process helper)."""
@@ -231,17 +241,19 @@ class Trainer:
     batch.setdefault('mask', np.ones(np.shape(batch['domain']), np.float32))
     return {k: jax.device_put(np.asarray(v), self.batch_shardings[k]) for k, v in batch.items()}
 
-  def step(self, state: TrainState, batch: Batch, total_steps: int) -> tuple[TrainState, dict]:
-    """One step of a run that is `total_steps` long (sets where the schedule is)."""
-    with self.mesh_context():
-      return self._train_step(state, batch, self.rng, np.int32(total_steps))
+  def step(self, state: TrainState, batch: Batch, rng: jax.Array,
+           total_steps: int) -> tuple[TrainState, dict]:
+    """One step of a run with key `rng` that is `total_steps` long (sets the schedule)."""
+    with mesh_context(self.mesh, self.rules):
+      return self._train_step(state, batch, rng, np.int32(total_steps))
 
-  def evaluate(self, params, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
+  def evaluate(self, params, batches: Iterable[Batch],
+               rng: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """Per-domain mean loss and token counts over fixed validation batches."""
     sums = np.zeros(self.num_domains, np.float64)
     counts = np.zeros(self.num_domains, np.float64)
-    eval_rng = jax.random.fold_in(self.rng, 2)  # fixed: BERT masks the same positions every time
-    with self.mesh_context():
+    eval_rng = jax.random.fold_in(rng, 2)  # fixed: BERT masks the same positions every time
+    with mesh_context(self.mesh, self.rules):
       for batch in batches:
         s, c = self._eval_step(params, batch, eval_rng)
         sums += np.asarray(jax.device_get(s), np.float64)
