@@ -28,6 +28,13 @@ def redpajama_domains(data_dir: str) -> tuple[ml_collections.ConfigDict, ...]:
                for name, folder in REDPAJAMA.items())
 
 
+def mesh(**sizes) -> ml_collections.ConfigDict:
+  """config.mesh with the given axis sizes, every other mesh field at its default."""
+  cfg = get_config().mesh
+  cfg.update(sizes)
+  return cfg
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = 'autoscale'  # prepare | train | ddo | predict | autoscale (all of them, then report) | report

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
 import tiny  # noqa: E402
 
 from autoscale_jax.data.store import DomainStore  # noqa: E402
+from autoscale_jax import defaults  # noqa: E402
 from autoscale_jax.errors import ConfigError  # noqa: E402
 from autoscale_jax.train import memory, runs, stacked  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
@@ -233,7 +234,7 @@ def test_choose_stacking(monkeypatch):
 
 
 def test_layout_puts_runs_on_the_batch_axes_that_divide_them():
-  big = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
+  big = mesh_lib.make_mesh(defaults.mesh(data=2, fsdp=2, tensor=2))
   rules = CONFIG.mesh.rules
   assert stacked.run_axes_for(big, rules, 4) == ('data', 'fsdp')
   assert stacked.run_axes_for(big, rules, 6) == ('data',)

@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
 import tiny  # noqa: E402
 
+from autoscale_jax import defaults  # noqa: E402
 from autoscale_jax.errors import ConfigError  # noqa: E402
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
@@ -195,14 +196,14 @@ def test_batch_not_divisible_by_data_parallel_is_refused():
 
 
 def test_mesh_shapes_and_errors():
-  c = ml_collections.ConfigDict(dict(data=-1, fsdp=2, tensor=2))
+  c = defaults.mesh(data=-1, fsdp=2, tensor=2)
   assert dict(mesh_lib.make_mesh(c).shape) == {'data': 2, 'fsdp': 2, 'tensor': 2}
-  multi = ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=1, dcn_data=2))
+  multi = defaults.mesh(data=2, fsdp=2, tensor=1, dcn_data=2)
   m = mesh_lib.make_mesh(multi)
   assert dict(m.shape) == {'data': 4, 'fsdp': 2, 'tensor': 1}
   # slice 0 (devices 0-3) holds the first half of the data axis
   assert {d.id for d in m.devices[:2].ravel()} == {0, 1, 2, 3}
   with pytest.raises(ConfigError, match='multiplies to 6'):
-    mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=3, fsdp=2, tensor=1)))
+    mesh_lib.make_mesh(defaults.mesh(data=3, fsdp=2, tensor=1))
   with pytest.raises(ConfigError, match='at most one'):
-    mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=-1, tensor=1)))
+    mesh_lib.make_mesh(defaults.mesh(data=-1, fsdp=-1, tensor=1))

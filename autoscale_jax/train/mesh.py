@@ -36,7 +36,7 @@ def _fill(sizes: Sequence[int], total: int, what: str) -> list[int]:
 
 def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[list[int], list[int]]:
   """Returns the per-slice (ICI) and across-slice (DCN) sizes of the (data, fsdp, tensor) axes."""
-  dcn = [cfg.get(f'dcn_{a}', 1) for a in AXES]
+  dcn = [cfg[f'dcn_{a}'] for a in AXES]
   if any(d < 1 for d in dcn):
     raise ConfigError(f'config.mesh: dcn_* sizes must be >= 1, got {dcn}.')
   num_slices = int(np.prod(dcn))
