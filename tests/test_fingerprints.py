@@ -1,0 +1,58 @@
+"""Run fingerprints are stable: a finished run is found again (never retrained) after the code
+or the config gains fields. The values were recorded with the code that wrote the first
+workdirs; a change here retrains every user's finished runs, so it must be deliberate."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from autoscale_jax.configs import load_config
+from autoscale_jax.train import runs
+
+TOKENIZER_HASH = 'tokhash123'
+# (config, counts, seed) -> fingerprint, as the first version computed it.
+RECORDED = [
+    ('tiny', [10, 20, 30, 40], 0, '3a61ef51e6fbbf3b'),
+    ('tiny', [7, 7, 7, 7], 3, 'f0d1e86cbceb9b1e'),
+    ('demo', [10, 20, 30, 40], 0, '48eb452a622d15bd'),
+    ('demo', [7, 7, 7, 7], 3, '6a77e8792861c443'),
+    ('gpt2_small', [10, 20, 30, 40, 50, 60, 70], 0, 'e4affe09818eaa0b'),
+    ('gpt2_small', [7] * 7, 3, '78dfdc12b19729d6'),
+    ('gpt2_large', [10, 20, 30, 40, 50, 60, 70], 0, '1e6096b1bd126416'),
+    ('gpt2_large', [7] * 7, 3, 'd14e0c68a72a67a3'),
+    ('bert_base', [10, 20, 30, 40, 50, 60, 70], 0, 'eb71e00e73a09eb4'),
+    ('bert_base', [7] * 7, 3, '5c916354fddf3506'),
+]
+
+
+@pytest.mark.parametrize('name,counts,seed,expected', RECORDED)
+def test_fingerprints_equal_the_recorded_values(name, counts, seed, expected):
+  config = load_config(name)
+  assert runs.run_fingerprint(config, np.array(counts), seed, TOKENIZER_HASH) == expected
+
+
+def test_what_does_not_shape_a_run_leaves_the_fingerprint_alone():
+  config = load_config('tiny')
+  counts = np.array([10, 20, 30, 40])
+  base = runs.run_fingerprint(config, counts, 0, TOKENIZER_HASH)
+  changed = ml_collections.ConfigDict(config.to_dict())
+  changed.train.log_every, changed.train.eval_every = 1, 3
+  changed.train.checkpoint_every, changed.train.stack_runs = 2, False
+  changed.seed = 7  # the run's own seed is what counts, not the config's
+  assert runs.run_fingerprint(changed, counts, 0, TOKENIZER_HASH) == base
+
+
+def test_fields_added_later_count_only_away_from_their_first_value():
+  config = load_config('tiny')
+  counts = np.array([10, 20, 30, 40])
+  base = runs.run_fingerprint(config, counts, 0, TOKENIZER_HASH)
+  for (section, field), legacy in runs.LATER_FIELDS.items():
+    assert config[section][field] == legacy  # today's default is the first value
+    changed = ml_collections.ConfigDict(config.to_dict())
+    changed[section][field] = 0 if isinstance(legacy, int) else 'cudnn'
+    assert runs.run_fingerprint(changed, counts, 0, TOKENIZER_HASH) != base
+  for field, value in (('lr', 1e-3), ('batch_size', 8)):
+    changed = ml_collections.ConfigDict(config.to_dict())
+    changed.train[field] = value
+    assert runs.run_fingerprint(changed, counts, 0, TOKENIZER_HASH) != base
+  assert runs.run_fingerprint(config, counts, 1, TOKENIZER_HASH) != base
