@@ -1,22 +1,54 @@
-"""Entry point: `python -m autoscale_jax.main --config=configs/demo.py --workdir=DIR`.
+"""Entry point: `autoscale-jax --config=demo --workdir=DIR` (or `python -m autoscale_jax.main`).
 
-Dispatches on config.mode. Mistakes a user can fix end in one sentence and exit status 2,
-never a traceback; nothing already in the workdir is touched by a failed start.
+--config takes a shipped config's name (`demo`, `gpt2_large:gs://bucket/data`, ...) or the path
+of a config file. Dispatches on config.mode. Mistakes a user can fix end in one sentence and
+exit status 2, never a traceback; nothing already in the workdir is touched by a failed start.
 """
 
 import logging as py_logging
-import os
 import sys
+from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'configs', 'demo.py')
-_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Experiment config file.',
-                                          lock_config=True)
+from autoscale_jax import config_files
+from autoscale_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', config_files.resolve('demo'),
+    f'A shipped config by name ({", ".join(config_files.names())}) or a config file; either may '
+    'end in :ARG, passed to its get_config.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/autoscale_jax',
                                'Where data caches, runs and reports go (local path or gs://).')
+
+
+def _fail(error: UserError) -> NoReturn:
+  if flags.FLAGS.is_parsed():
+    logging.error('%s', error)
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(2)
+
+
+class _ByName(flags.ArgumentParser):
+  """Puts the path of a shipped config in place of its name, then parses as ml_collections does."""
+
+  def __init__(self, files: flags.ArgumentParser):
+    self._files = files
+
+  def parse(self, argument: str):
+    try:
+      path = config_files.resolve(argument)
+    except UserError as e:  # absl would turn it into a usage error with exit status 1
+      _fail(e)
+    return self._files.parse(path)
+
+  def flag_type(self) -> str:
+    return self._files.flag_type()
+
+
+# The default above is already a path; what the command line gives goes through _ByName.
+flags.FLAGS['config'].parser = _ByName(flags.FLAGS['config'].parser)
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -29,18 +61,16 @@ class _QuietLibraries(py_logging.Filter):
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from autoscale_jax import pipeline
-  from autoscale_jax.errors import UserError
+  from autoscale_jax import pipeline, progress
   from autoscale_jax.train.mesh import maybe_initialize_distributed
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  progress.route_logs_around_bars()
   config = _CONFIG.value
   try:
     maybe_initialize_distributed()
     pipeline.dispatch(config, _WORKDIR.value)
   except UserError as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(e)
 
 
 def run() -> None:
