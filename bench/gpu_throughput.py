@@ -14,8 +14,6 @@ tiny dims on any backend (CPU here) to check the script end to end.
 import argparse
 import dataclasses
 import json
-import os
-import sys
 import time
 
 import jax
@@ -23,9 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs'))
-import tiny  # noqa: E402
-
+from autoscale_jax.configs import tiny
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
 from autoscale_jax.train import metrics  # noqa: E402

@@ -38,9 +38,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs'))
-import tiny  # noqa: E402
-
+from autoscale_jax.configs import tiny
 from autoscale_jax.data import mixture, store, tokenizer  # noqa: E402
 from autoscale_jax.pipeline import ddo  # noqa: E402
 from autoscale_jax.train import memory, runs  # noqa: E402

@@ -27,10 +27,8 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs'))
 import _common  # noqa: E402
-import tiny  # noqa: E402
-
+from autoscale_jax.configs import tiny  # noqa: E402
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
 from autoscale_jax.train.trainer import Trainer, run_key  # noqa: E402

@@ -1,17 +1,13 @@
 """Small configs and corpora shared by the data tests (real text from the demo corpus)."""
 
 import json
-import os
 import pathlib
-import sys
 
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
-import tiny  # noqa: E402  pylint: disable=g-import-not-at-top
-
-from autoscale_jax.data import sources  # noqa: E402
+from autoscale_jax.configs import tiny
+from autoscale_jax.data import sources
 
 
 def domain(name: str, source: str, text_key: str = 'text', **extra) -> ml_collections.ConfigDict:

@@ -92,8 +92,7 @@ def command(workdir: pathlib.Path, *extra: str, mode: str = 'train') -> list[str
 
 def config(mode: str = 'train'):
   """The config the command trains, built in this process."""
-  sys.path.insert(0, str(ROOT / 'configs'))
-  import tiny  # pylint: disable=g-import-not-at-top
+  from autoscale_jax.configs import tiny  # pylint: disable=g-import-not-at-top
   c = tiny.get_config()
   c.mode = mode
   for key, value in TINY.items():

@@ -6,16 +6,13 @@ restores and trains 5 more, bit for bit.
 
 import argparse
 import os
-import sys
 
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
-import tiny  # noqa: E402
-
+from autoscale_jax.configs import tiny  # noqa: E402
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
 from autoscale_jax.train.checkpoint import Checkpointer  # noqa: E402

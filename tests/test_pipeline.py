@@ -13,20 +13,15 @@ import numpy as np
 import pytest
 
 from autoscale_jax import pipeline
+from autoscale_jax.configs import gpt2_large, tiny
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import PowerLaw
 
-ROOT = pathlib.Path(__file__).parents[1]
-sys.path.insert(0, str(ROOT / 'configs'))
-import gpt2_large  # noqa: E402  pylint: disable=g-import-not-at-top
-import tiny  # noqa: E402  pylint: disable=g-import-not-at-top
-
 # Three demo domains: 7 DDO runs per budget, 3 validation runs (predicted + 2 baselines).
 CONFIG_FILE = '''
-import sys
-sys.path.insert(0, {configs!r})
 import ml_collections
-import tiny
+
+from autoscale_jax.configs import tiny
 
 def get_config():
   c = tiny.get_config()
@@ -44,7 +39,7 @@ def get_config():
 
 def _config_file(tmp_path: pathlib.Path) -> pathlib.Path:
   path = tmp_path / 'config.py'
-  path.write_text(CONFIG_FILE.format(configs=str(ROOT / 'configs'), cache=str(tmp_path / 'cache')))
+  path.write_text(CONFIG_FILE.format(cache=str(tmp_path / 'cache')))
   return path
 
 

@@ -9,8 +9,6 @@ fsdp as alone) and, on CPU, are stepped by a loop inside the program.
 """
 
 import json
-import os
-import sys
 
 import jax
 import ml_collections
@@ -18,11 +16,9 @@ import numpy as np
 import pytest
 from etils import epath
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
-import tiny  # noqa: E402
-
 from autoscale_jax.data.store import DomainStore  # noqa: E402
 from autoscale_jax import defaults  # noqa: E402
+from autoscale_jax.configs import tiny
 from autoscale_jax.errors import ConfigError  # noqa: E402
 from autoscale_jax.train import memory, runs, stacked  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402

@@ -11,10 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
-import tiny  # noqa: E402
-
 from autoscale_jax import defaults  # noqa: E402
+from autoscale_jax.configs import tiny
 from autoscale_jax.errors import ConfigError  # noqa: E402
 from autoscale_jax.models import build_model  # noqa: E402
 from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
