@@ -8,7 +8,8 @@
 #   -- ARGS...       appended to the python command line after EXTRA_ARGS
 #
 # Variables (all optional):
-#   CONFIG        config file, relative to the repo root or absolute (default configs/gpt2_small.py)
+#   CONFIG        a shipped config's name (gpt2_small) or a config file, relative to the repo
+#                 root or absolute; either may end in :ARG (default configs/gpt2_small.py)
 #   WORKDIR       where caches, runs, checkpoints and reports go; local path or gs://
 #                 (default $HOME/autoscale_jax_work/<config name>). Rerunning with the same
 #                 WORKDIR resumes: finished runs are skipped, half-finished ones restart from
@@ -36,6 +37,8 @@ set -euo pipefail
 _self=${BASH_SOURCE[0]}
 [[ $_self == */* ]] || _self=./$_self
 REPO_DIR=$(cd "${_self%/*}/.." && pwd)
+# shellcheck source=launch/common.sh
+. "$REPO_DIR/launch/common.sh"
 
 DRY_RUN=0
 INSTALL_ONLY=0
@@ -45,11 +48,7 @@ while (($#)); do
     --dry-run) DRY_RUN=1 ;;
     --install-only) INSTALL_ONLY=1 ;;
     -h | --help)
-      while IFS= read -r line; do
-        [[ $line == '#!'* ]] && continue
-        [[ $line == '#'* ]] || break
-        line=${line#\#}; printf '%s\n' "${line# }"
-      done <"$_self"
+      usage "$_self"
       exit 0 ;;
     --) shift; CLI_ARGS=("$@"); break ;;
     *) printf 'error: unknown argument %s; see %s --help.\n' "$1" "$_self" >&2; exit 2 ;;
@@ -58,42 +57,19 @@ while (($#)); do
 done
 
 CONFIG=${CONFIG:-configs/gpt2_small.py}
-_config_name=${CONFIG##*/}; _config_name=${_config_name%%:*}; _config_name=${_config_name%.py}
-WORKDIR=${WORKDIR:-$HOME/autoscale_jax_work/$_config_name}
+WORKDIR=${WORKDIR:-$HOME/autoscale_jax_work/$(config_name "$CONFIG")}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 VENV=${VENV:-$REPO_DIR/.venv}
 PYTHON=${PYTHON:-python3}
 JAX_CUDA=${JAX_CUDA:-cuda13}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
-GPU_XLA_FLAGS=${GPU_XLA_FLAGS---xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_highest_priority_async_stream=true}
+GPU_XLA_FLAGS=${GPU_XLA_FLAGS-$DEFAULT_GPU_XLA_FLAGS}
 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}
 EXTRA_ENV=${EXTRA_ENV:-}
 LOG_DIR=${LOG_DIR:-$HOME/autoscale_jax_logs/gpu}
 
-die() { printf 'error: %s\n' "$*" >&2; exit 2; }
-
-# Prints its arguments as one line a shell can paste back (single quotes only where needed).
-quote() {
-  local out=() a sq="'" esc="'\\''" safe='^[-A-Za-z0-9_./:=,@%+]+$'
-  for a in "$@"; do
-    if [[ $a =~ $safe ]]; then out+=("$a"); else out+=("'${a//$sq/$esc}'"); fi
-  done
-  printf '%s' "${out[*]}"
-}
-
-# Runs a command, or only prints it under --dry-run.
-run() {
-  if ((DRY_RUN)); then
-    printf '%s\n' "$(quote "$@")"
-  else
-    printf '+ %s\n' "$(quote "$@")" >&2
-    "$@"
-  fi
-}
-
 case $JAX_CUDA in cuda12 | cuda13) ;; *) die "JAX_CUDA=$JAX_CUDA is not a jax CUDA extra; use cuda13 (driver >= 580) or cuda12." ;; esac
-if [[ $CONFIG == /* ]]; then config_file=${CONFIG%%:*}; else config_file=$REPO_DIR/${CONFIG%%:*}; fi
-[[ -f $config_file ]] || die "CONFIG=$CONFIG does not exist (looked for $config_file); set CONFIG to a file in configs/."
+check_config
 
 JAX_VERSION=
 while IFS= read -r line; do
@@ -101,11 +77,7 @@ while IFS= read -r line; do
 done <"$REPO_DIR/requirements.txt"
 [[ -n $JAX_VERSION ]] || die "requirements.txt pins no jax==VERSION line; add one so the CUDA wheel matches."
 
-read -r -a extra_args <<<"$EXTRA_ARGS"
-read -r -a extra_env <<<"$EXTRA_ENV"
-for kv in "${extra_env[@]}"; do
-  [[ $kv == [A-Za-z_]*=* ]] || die "EXTRA_ENV word '$kv' is not VAR=value."
-done
+split_extras
 
 # --- install -----------------------------------------------------------------------------
 if ((SKIP_INSTALL)); then

@@ -24,7 +24,8 @@
 #   -- ARGS...  appended to the python command line after EXTRA_ARGS
 #
 # Variables (all optional):
-#   CONFIG          config file relative to the repo root, or absolute (default configs/gpt2_large.py)
+#   CONFIG          a shipped config's name (gpt2_large) or a config file, relative to the repo
+#                   root or absolute; either may end in :ARG (default configs/gpt2_large.py)
 #   WORKDIR         shared by all nodes: gs://... or a shared filesystem path
 #                   (default $HOME/autoscale_jax_work/<config name>). Rerunning (or a requeue)
 #                   with the same WORKDIR resumes from the latest checkpoints; nothing is deleted.
@@ -66,7 +67,14 @@ if [[ -d $_self_dir/../autoscale_jax ]]; then
 else  # sbatch runs a copy of this file from its spool directory
   _default_repo=${SLURM_SUBMIT_DIR:-$PWD}
 fi
+# A job this script submitted gets REPO_DIR from its environment (exported below).
 REPO_DIR=${REPO_DIR:-$_default_repo}
+if [[ ! -f $REPO_DIR/launch/common.sh ]]; then
+  printf 'error: %s\n' "REPO_DIR=$REPO_DIR holds no launch/common.sh; run sbatch from the repository root or set REPO_DIR to the checkout." >&2
+  exit 2
+fi
+# shellcheck source=launch/common.sh
+. "$REPO_DIR/launch/common.sh"
 
 DRY_RUN=0
 CLI_ARGS=()
@@ -74,11 +82,7 @@ while (($#)); do
   case $1 in
     --dry-run) DRY_RUN=1 ;;
     -h | --help)
-      while IFS= read -r line; do
-        [[ $line == '#!'* || $line == '#SBATCH'* ]] && continue
-        [[ $line == '#'* ]] || break
-        line=${line#\#}; printf '%s\n' "${line# }"
-      done <"$_self"
+      usage "$_self"
       exit 0 ;;
     --) shift; CLI_ARGS=("$@"); break ;;
     *) printf 'error: unknown argument %s; see launch/slurm.sh --help.\n' "$1" >&2; exit 2 ;;
@@ -87,8 +91,7 @@ while (($#)); do
 done
 
 CONFIG=${CONFIG:-configs/gpt2_large.py}
-_config_name=${CONFIG##*/}; _config_name=${_config_name%%:*}; _config_name=${_config_name%.py}
-WORKDIR=${WORKDIR:-$HOME/autoscale_jax_work/$_config_name}
+WORKDIR=${WORKDIR:-$HOME/autoscale_jax_work/$(config_name "$CONFIG")}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 NODES=${NODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
@@ -104,45 +107,18 @@ PORT=${PORT:-}
 JAX_AUTODETECT=${JAX_AUTODETECT:-0}
 VENV=${VENV:-$REPO_DIR/.venv}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
-# Same defaults as launch/gpu.sh (see there).
-GPU_XLA_FLAGS=${GPU_XLA_FLAGS---xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_highest_priority_async_stream=true}
+GPU_XLA_FLAGS=${GPU_XLA_FLAGS-$DEFAULT_GPU_XLA_FLAGS}
 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}
 EXTRA_ENV=${EXTRA_ENV:-}
 LOG_DIR=${LOG_DIR:-$HOME/autoscale_jax_logs/slurm}
-
-die() { printf 'error: %s\n' "$*" >&2; exit 2; }
-
-# Prints its arguments as one line a shell can paste back (single quotes only where needed).
-quote() {
-  local out=() a sq="'" esc="'\\''" safe='^[-A-Za-z0-9_./:=,@%+]+$'
-  for a in "$@"; do
-    if [[ $a =~ $safe ]]; then out+=("$a"); else out+=("'${a//$sq/$esc}'"); fi
-  done
-  printf '%s' "${out[*]}"
-}
-
-# Runs a command, or only prints it under --dry-run.
-run() {
-  if ((DRY_RUN)); then
-    printf '%s\n' "$(quote "$@")"
-  else
-    printf '+ %s\n' "$(quote "$@")" >&2
-    "$@"
-  fi
-}
 
 for n in NODES GPUS_PER_NODE SIGNAL_GRACE_S MAX_RESTARTS; do
   [[ ${!n} =~ ^[0-9]+$ ]] || die "$n=${!n} is not a whole number; set it to one."
 done
 [[ -z $PORT || $PORT =~ ^[0-9]+$ ]] || die "PORT=$PORT is not a port number; unset it or set a number."
-if [[ $CONFIG == /* ]]; then config_file=${CONFIG%%:*}; else config_file=$REPO_DIR/${CONFIG%%:*}; fi
-[[ -f $config_file ]] || die "CONFIG=$CONFIG does not exist (looked for $config_file); set CONFIG to a file in configs/."
-read -r -a extra_args <<<"$EXTRA_ARGS"
-read -r -a extra_env <<<"$EXTRA_ENV"
+check_config
+split_extras
 read -r -a sbatch_extra <<<"$SBATCH_EXTRA"
-for kv in "${extra_env[@]}"; do
-  [[ $kv == [A-Za-z_]*=* ]] || die "EXTRA_ENV word '$kv' is not VAR=value."
-done
 
 # The command every task runs. $1: coordinator host, $2: port, $3: number of processes.
 task_command() {

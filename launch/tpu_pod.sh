@@ -36,7 +36,8 @@
 #                     `gcloud compute tpus tpu-vm scp`
 #   BRANCH            branch to check out when REPO_URL is set (default main)
 #   REMOTE_DIR        checkout on each worker, relative to its home (default autoscale_jax)
-#   CONFIG            config file relative to the repo root (default configs/gpt2_large.py)
+#   CONFIG            a shipped config's name (gpt2_large) or a config file relative to the repo
+#                     root; either may end in :ARG (default configs/gpt2_large.py)
 #   EXTRA_ARGS        more flags for autoscale_jax.main, split on spaces
 #   EXTRA_ENV         more VAR=value words exported on every worker (e.g. LIBTPU_INIT_ARGS=...)
 #   SKIP_INSTALL      1 = skip the code sync and pip install (default 0)
@@ -54,6 +55,8 @@ set -euo pipefail
 _self=${BASH_SOURCE[0]}
 [[ $_self == */* ]] || _self=./$_self
 REPO_DIR=$(cd "${_self%/*}/.." && pwd)
+# shellcheck source=launch/common.sh
+. "$REPO_DIR/launch/common.sh"
 
 DRY_RUN=0
 CLI_ARGS=()
@@ -61,19 +64,13 @@ while (($#)); do
   case $1 in
     --dry-run) DRY_RUN=1 ;;
     -h | --help)
-      while IFS= read -r line; do
-        [[ $line == '#!'* ]] && continue
-        [[ $line == '#'* ]] || break
-        line=${line#\#}; printf '%s\n' "${line# }"
-      done <"$_self"
+      usage "$_self"
       exit 0 ;;
     --) shift; CLI_ARGS=("$@"); break ;;
     *) printf 'error: unknown argument %s; see launch/tpu_pod.sh --help.\n' "$1" >&2; exit 2 ;;
   esac
   shift
 done
-
-die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
 TPU_NAME=${TPU_NAME:-}
 ZONE=${ZONE:-}
@@ -113,35 +110,11 @@ LOG_DIR=${LOG_DIR:-$HOME/autoscale_jax_logs/tpu}
 [[ $REMOTE_DIR != /* && $REMOTE_DIR != *..* ]] || die "REMOTE_DIR=$REMOTE_DIR must be a path inside the worker's home, e.g. autoscale_jax."
 ((QUEUED && PREEMPTIBLE)) && die "PREEMPTIBLE=1 does not apply to queued resources; use SPOT=1 with QUEUED=1."
 ((SPOT && PREEMPTIBLE)) && die "SPOT=1 and PREEMPTIBLE=1 exclude each other; keep SPOT=1."
-[[ -n $REPO_URL || -f $REPO_DIR/${CONFIG%%:*} || $CONFIG == /* ]] ||
-  die "CONFIG=$CONFIG does not exist in $REPO_DIR; set CONFIG to a file in configs/."
-read -r -a extra_args <<<"$EXTRA_ARGS"
-read -r -a extra_env <<<"$EXTRA_ENV"
-for kv in "${extra_env[@]}"; do
-  [[ $kv == [A-Za-z_]*=* ]] || die "EXTRA_ENV word '$kv' is not VAR=value."
-done
+[[ -n $REPO_URL || $CONFIG == /* ]] || check_config  # else the file is on the workers only
+split_extras
 if ((!DRY_RUN)); then
   command -v gcloud >/dev/null || die "gcloud is not on PATH; install the Google Cloud CLI (or use --dry-run)."
 fi
-
-# Prints its arguments as one line a shell can paste back (single quotes only where needed).
-quote() {
-  local out=() a sq="'" esc="'\\''" safe='^[-A-Za-z0-9_./:=,@%+]+$'
-  for a in "$@"; do
-    if [[ $a =~ $safe ]]; then out+=("$a"); else out+=("'${a//$sq/$esc}'"); fi
-  done
-  printf '%s' "${out[*]}"
-}
-
-# Runs a command, or only prints it under --dry-run.
-run() {
-  if ((DRY_RUN)); then
-    printf '%s\n' "$(quote "$@")"
-  else
-    printf '+ %s\n' "$(quote "$@")" >&2
-    "$@"
-  fi
-}
 
 where=("--zone=$ZONE")
 [[ -n $PROJECT ]] && where+=("--project=$PROJECT")

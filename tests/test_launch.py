@@ -49,8 +49,9 @@ def test_syntax_and_help(script):
 
 @pytest.mark.skipif(shutil.which('shellcheck') is None, reason='shellcheck is not installed')
 def test_shellcheck_clean():
-  out = subprocess.run(['shellcheck', *(str(LAUNCH / s) for s in SCRIPTS)], capture_output=True,
-                       text=True)
+  scripts = [f'launch/{s}' for s in (*SCRIPTS, 'common.sh')]
+  out = subprocess.run(['shellcheck', '--external-sources', *scripts], cwd=REPO,
+                       capture_output=True, text=True)
   assert out.returncode == 0, out.stdout
 
 
@@ -95,8 +96,8 @@ def test_tpu_dry_run(sandbox):
   env.update(QUEUED='1', VALID_UNTIL='6h', REPO_URL='https://example.com/r.git', BRANCH='dev')
   out = _run('tpu_pod.sh', env, '--dry-run')
   assert out.returncode == 0, out.stderr
-  assert ('gcloud compute tpus queued-resources create my-pod-qr --node-id=my-pod --zone=us-east5-a '
-          '--accelerator-type=v5p-128 --runtime-version=v2-alpha-tpuv5 --spot '
+  assert ('gcloud compute tpus queued-resources create my-pod-qr --node-id=my-pod '
+          '--zone=us-east5-a --accelerator-type=v5p-128 --runtime-version=v2-alpha-tpuv5 --spot '
           '--valid-until-duration=6h') in out.stdout
   assert 'git clone --quiet --branch dev https://example.com/r.git autoscale_jax' in out.stdout
   _assert_nothing_ran(marker, tmp)
@@ -129,7 +130,8 @@ def test_slurm_dry_run(sandbox):
   srun = next(l for l in text.splitlines() if l.startswith('srun '))
   assert '--ntasks-per-node=1' in srun and 'AUTOSCALE_NUM_PROCESSES=4' in srun
   assert 'AUTOSCALE_COORDINATOR=' in srun and 'AUTOSCALE_PROCESS_ID="$SLURM_NODEID"' in srun
-  assert f'{tmp}/venv/bin/python -m autoscale_jax.main --config=configs/tiny.py --workdir=/shared/exp' in srun
+  assert (f'{tmp}/venv/bin/python -m autoscale_jax.main --config=configs/tiny.py '
+          '--workdir=/shared/exp') in srun
   assert '-m pip install -e' in text  # the install runs on the login node before sbatch
   _assert_nothing_ran(marker, tmp)
 
@@ -146,7 +148,8 @@ def test_default_gpu_xla_flags_are_known_to_the_pinned_jaxlib(sandbox):
   env, _, tmp = sandbox
   out = _run('gpu.sh', {**env, 'WORKDIR': str(tmp / 'w')}, '--dry-run')
   flags = re.search(r"'XLA_FLAGS=([^']*)'", out.stdout).group(1)
-  assert flags in (LAUNCH / 'slurm.sh').read_text()
+  slurm = _run('slurm.sh', {**env, 'WORKDIR': str(tmp / 'w')}, '--dry-run')
+  assert f"'XLA_FLAGS={flags}'" in slurm.stdout  # the same defaults (launch/common.sh)
   check = subprocess.run(
       [sys.executable, '-c', 'import jax; jax.numpy.zeros(1).block_until_ready()'],
       env={**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu'}, capture_output=True,
@@ -230,6 +233,71 @@ def test_slurm_time_limit_signal_checkpoints_then_requeues(tmp_path):
   calls = (tmp_path / 'marker').read_text().splitlines()
   assert 'scancel --signal=TERM 77' in calls and 'scontrol requeue 77' in calls, calls
   assert calls.index('scancel --signal=TERM 77') < calls.index('scontrol requeue 77')
+
+
+# sbatch as SLURM runs it: the job is a copy of the script in a spool directory, started in the
+# --chdir directory, with SLURM_SUBMIT_DIR set to where sbatch was called.
+_SPOOLING_SBATCH = '''dir=$PWD
+while [ "${1#--}" != "$1" ]; do case $1 in --chdir=*) dir=${1#--chdir=} ;; esac; shift; done
+mkdir -p "$SPOOL" && cp "$1" "$SPOOL/slurm_script" && shift
+export SLURM_SUBMIT_DIR=$PWD SLURM_JOB_ID=1234 SLURM_JOB_NODELIST=node-a SLURM_NNODES=1
+cd "$dir" && exec bash "$SPOOL/slurm_script" "$@"'''
+
+
+def _spool_env(tmp_path, **extra):
+  env, fakebin = _real_env(tmp_path, VENV=str(tmp_path / 'venv'), WORKDIR='/shared/exp',
+                           RECORD=str(tmp_path / 'record'), SPOOL=str(tmp_path / 'spool'), **extra)
+  _write_tool(tmp_path / 'venv' / 'bin' / 'python', _RECORDING_PYTHON)
+  _write_tool(fakebin / 'sbatch', _SPOOLING_SBATCH)
+  _write_tool(fakebin / 'scontrol', '[ "$1" = show ] && echo node-a; exit 0')
+  _write_tool(fakebin / 'srun', 'while [ "${1#--}" != "$1" ]; do shift; done\n'
+              'SLURM_NODEID=0 exec "$@"')
+  return env
+
+
+def test_slurm_job_submitted_from_elsewhere_runs_its_spooled_copy(tmp_path):
+  """The spooled copy has no launch/ beside it; it finds the helpers through REPO_DIR."""
+  env = _spool_env(tmp_path, SKIP_INSTALL='1')
+  out = subprocess.run([BASH, str(LAUNCH / 'slurm.sh'), '--', '--config.mode=ddo'], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=30)
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / 'spool' / 'slurm_script').exists()
+  record = (tmp_path / 'record').read_text()
+  assert ('-m autoscale_jax.main --config=configs/tiny.py --workdir=/shared/exp '
+          '--config.mode=ddo') in record
+  assert 'AUTOSCALE_COORDINATOR=node-a:21234' in record
+
+
+def test_slurm_sbatch_by_hand_from_the_repo_root_runs_its_spooled_copy(tmp_path):
+  """`sbatch launch/slurm.sh`: the copy finds the helpers through SLURM_SUBMIT_DIR."""
+  env = _spool_env(tmp_path)
+  sbatch = str(tmp_path / 'fakebin' / 'sbatch')
+  out = subprocess.run([sbatch, 'launch/slurm.sh'], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=30)
+  assert out.returncode == 0, out.stderr
+  assert '-m autoscale_jax.main --config=configs/tiny.py' in (tmp_path / 'record').read_text()
+
+  out = subprocess.run([sbatch, str(LAUNCH / 'slurm.sh')], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=30)
+  assert out.returncode == 2
+  assert out.stderr.strip() == (
+      f'error: REPO_DIR={tmp_path} holds no launch/common.sh; run sbatch from the repository '
+      'root or set REPO_DIR to the checkout.')
+
+
+def test_config_by_shipped_name_or_file(sandbox):
+  env, marker, tmp = sandbox
+  env.update(WORKDIR=str(tmp / 'work'), CONFIG='gpt2_large:gs://bucket/data')
+  out = _run('gpu.sh', env, '--dry-run')
+  assert out.returncode == 0, out.stderr
+  assert '-m autoscale_jax.main --config=gpt2_large:gs://bucket/data ' in out.stdout
+  env.pop('WORKDIR')
+  out = _run('gpu.sh', env, '--dry-run')  # the default workdir is named after the config
+  assert f'--workdir={tmp}/home/autoscale_jax_work/gpt2_large' in out.stdout
+  for config in ('gpt3', 'configs/gpt3.py'):
+    out = _run('gpu.sh', {**env, 'CONFIG': config}, '--dry-run')
+    assert out.returncode == 2 and f'CONFIG={config} does not exist' in out.stderr
+  _assert_nothing_ran(marker, tmp)
 
 
 def _tpu_env(tmp_path, **extra):
