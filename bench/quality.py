@@ -26,6 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import _common  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from autoscale_jax import defaults, pipeline  # noqa: E402
+from autoscale_jax.pipeline import ddo, lock, registry, validate  # noqa: E402
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -56,13 +57,13 @@ def main() -> None:
   workdir = epath.Path(args.workdir)
   start = time.time()
   pipeline.dispatch(config, str(workdir))
-  target = max(pipeline.validation_targets(config))
+  target = max(validate.targets(config))
   direct = None
   if not args.no_direct:
-    with pipeline.workdir_lock(workdir):
+    with lock.workdir_lock(workdir):
       direct_config = ml_collections.ConfigDict(config.to_dict())
       direct_config.ddo.budgets = (target,)
-      direct = pipeline.ddo(pipeline.Experiment(direct_config, workdir))[0]
+      direct = ddo.run(registry.Experiment(direct_config, workdir))[0]
   wall = time.time() - start
 
   predictions = json.loads((workdir / 'autoscale' / 'predictions.json').read_text())

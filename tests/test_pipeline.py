@@ -16,6 +16,7 @@ from autoscale_jax import pipeline
 from autoscale_jax.configs import gpt2_large, tiny
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import PowerLaw
+from autoscale_jax.pipeline import plan, validate
 
 # Three demo domains: 7 DDO runs per budget, 3 validation runs (predicted + 2 baselines).
 CONFIG_FILE = '''
@@ -194,9 +195,10 @@ def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
 
   report = workdir / 'report' / 'report.md'
   text = report.read_text()
-  for heading in ('## DDO budgets', '## AutoScale prediction', '## Validation'):
+  for heading in ('## DDO budgets', '## AutoScale prediction', '## Validation',
+                  '## Training curves'):
     assert heading in text
-  for png in ('fits.png', 'weights.png', 'validation.png'):
+  for png in ('fits.png', 'weights.png', 'validation.png', 'curves.png'):
     data = (workdir / 'report' / png).read_bytes()
     assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000
     assert f']({png})' in text
@@ -213,7 +215,7 @@ def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
 
 def test_dry_run_prints_the_full_plan_of_the_paper_config():
   lines = []
-  pipeline.dry_run(gpt2_large.get_config(), lines.append)  # no data needed, nothing trained
+  plan.dry_run(gpt2_large.get_config(), lines.append)  # no data needed, nothing trained
   runs = [l.split() for l in lines if l.startswith(('ddo ', 'validate '))]
   # 7 domains: 2 x 15 DDO runs, then predicted + uniform + LLaMA at the 3B validation target.
   assert sum(r[:2] == ['ddo', '300,000,000'] for r in runs) == 15
@@ -248,7 +250,7 @@ def test_a_second_pipeline_on_the_same_workdir_is_refused(tmp_path):
 def test_tokens_to_reach_interpolates_the_curve():
   curve = [{'tokens': 100, 'objective': 10.0}, {'tokens': 200, 'objective': 6.0},
            {'tokens': 300, 'objective': 5.0}]
-  assert pipeline.tokens_to_reach(curve, 8.0) == pytest.approx(150.0)
-  assert pipeline.tokens_to_reach(curve, 12.0) == 100.0
-  assert pipeline.tokens_to_reach(curve, 5.0) == 300.0
-  assert pipeline.tokens_to_reach(curve, 4.9) is None
+  assert validate.tokens_to_reach(curve, 8.0) == pytest.approx(150.0)
+  assert validate.tokens_to_reach(curve, 12.0) == 100.0
+  assert validate.tokens_to_reach(curve, 5.0) == 300.0
+  assert validate.tokens_to_reach(curve, 4.9) is None

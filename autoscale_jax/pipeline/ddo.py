@@ -1,0 +1,136 @@
+"""The DDO stage: per budget, the 2m+1 perturbed runs, a power law per domain, the optimum.
+
+budgets/<tokens>/ holds plan.json (written before training), fits.json and optimum.json (written
+last: a budget with it is done and is reused as is).
+"""
+
+import warnings
+
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from autoscale_jax.data.mixture import resolve_weights
+from autoscale_jax.errors import ConfigError
+from autoscale_jax.lead import write_json
+from autoscale_jax.mixing import (DDOProblem, Perturbation, ddo_weights, fit_domains,
+                                  perturbation_plan)
+from autoscale_jax.pipeline.registry import (Experiment, RunSpec, format_weights, positive_tokens,
+                                             read_json, tokens_key)
+
+
+def budgets(config: ml_collections.ConfigDict) -> list[int]:
+  """The DDO budgets of the config, sorted."""
+  return sorted(positive_tokens(config.ddo.budgets, 'config.ddo.budgets'))
+
+
+def optimum_file(workdir: epath.Path, budget: int) -> epath.Path:
+  """Where a budget's optimum is (the stage's last write: the budget is done once it exists)."""
+  return workdir / 'budgets' / tokens_key(budget) / 'optimum.json'
+
+
+def ddo_plan(config: ml_collections.ConfigDict, names: list[str], natural: np.ndarray,
+             trainable: np.ndarray, budget: int,
+             seq_len: int) -> tuple[list[Perturbation], list[RunSpec], np.ndarray]:
+  """The 2m+1 (x replicates) runs of one budget over the trainable domains, with quantities
+  rounded to whole sequences; run counts cover all domains (0 for eval-only ones).
+
+  The perturbations carry the realised token quantities, so the fits use what was trained.
+  """
+  all_names, names, natural = names, [n for n, t in zip(names, trainable) if t], natural[trainable]
+  base_w = resolve_weights(config.ddo.base_weights, names, natural, 'config.ddo.base_weights')
+  if np.any(base_w <= 0):
+    raise ConfigError('config.ddo.base_weights must give every domain a weight > 0 (DDO scales '
+                      'each domain from its base quantity); use uniform or positive weights.')
+  try:
+    nominal = perturbation_plan(base_w * budget, tuple(config.ddo.factors),
+                                int(config.ddo.replicates))
+  except ValueError as e:
+    raise ConfigError(f'config.ddo: {e}') from e
+  plan, specs = [], []
+  for p in nominal:
+    counts = np.maximum(np.round(p.quantities / seq_len), 1).astype(np.int64)
+    plan.append(Perturbation(p.domain, p.factor, p.replicate, counts * float(seq_len)))
+    label = 'base' if p.domain is None else f'{names[p.domain]} x{p.factor:g}'
+    if config.ddo.replicates > 1:
+      label += f' seed{p.replicate}'
+    full = np.zeros(len(all_names), np.int64)
+    full[trainable] = counts
+    specs.append(RunSpec(label, full, int(config.seed) + p.replicate))
+  return plan, specs, plan[0].quantities
+
+
+def ddo_bounds(config: ml_collections.ConfigDict, base: np.ndarray,
+               available: np.ndarray) -> tuple[float, list[float]]:
+  """Multiplier bounds: the smallest factor tested below; above, the data on disk (and, with
+  ddo.upper='factor', the largest factor tested: the fits are not trusted beyond it)."""
+  factors = [float(f) for f in config.ddo.factors]
+  lower = min(min(factors), 1.0)
+  upper = available / base
+  if config.ddo.upper == 'factor':
+    upper = np.minimum(upper, max(max(factors), 1.0))
+  elif config.ddo.upper != 'data':
+    raise ConfigError(f"config.ddo.upper is '{config.ddo.upper}'; use 'factor' or 'data'.")
+  return lower, [float(u) for u in upper]
+
+
+def _plan(exp: Experiment, budget: int) -> tuple[list[Perturbation], list[RunSpec], np.ndarray]:
+  return ddo_plan(exp.config, exp.names, exp.natural, exp.trainable, budget, exp.seq_len)
+
+
+def check(exp: Experiment) -> list[int]:
+  """Every budget's data needs, checked before the first run trains; the sorted budgets."""
+  sizes = budgets(exp.config)
+  for budget in sizes:
+    for spec in _plan(exp, budget)[1]:
+      exp.check_run(spec, f'config.ddo.budgets ({budget:,} tokens)')
+  return sizes
+
+
+def run_budget(exp: Experiment, budget: int, index: int, count: int) -> dict:
+  """Trains (or reuses) one budget's runs, fits each domain, solves; writes budgets/<tokens>/."""
+  config, names = exp.config, exp.mix_names
+  optimum_path = optimum_file(exp.workdir, budget)
+  folder = optimum_path.parent
+  stage = f'ddo {index + 1}/{count} @ {budget:,} tokens'
+  if optimum_path.exists():
+    logging.info('[%s] done earlier; reusing %s.', stage, optimum_path)
+    return read_json(optimum_path)
+  plan, specs, base = _plan(exp, budget)
+  write_json(folder / 'plan.json', {
+      'budget': budget, 'domains': names, 'base_quantities': base.tolist(),
+      'factors': list(config.ddo.factors), 'replicates': int(config.ddo.replicates),
+      'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name, 'seed': s.seed,
+                'counts': s.counts.tolist(), **p.to_dict()} for s, p in zip(specs, plan)]})
+  results = exp.train(specs, stage)
+  objectives = np.array([r['objective'] for r in results])
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    fits = fit_domains(plan, objectives)
+  notes = [str(w.message) for w in caught]
+  for note in notes:
+    logging.warning('[%s] %s', stage, note)
+  available = exp.rows[exp.trainable] * int(config.data.max_epochs) * float(exp.seq_len)
+  lower, upper = ddo_bounds(config, base, available)
+  problem = DDOProblem(base, tuple(fits), lower, tuple(upper))
+  n = problem.multipliers()
+  write_json(folder / 'fits.json', {
+      'budget': budget, 'domains': names, 'fits': [f.to_dict() for f in fits], 'notes': notes,
+      'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name, 'objective': r['objective'],
+                **p.to_dict()} for s, p, r in zip(specs, plan, results)]})
+  optimum = {
+      'budget': budget, 'domains': names, 'problem': problem.to_dict(),
+      'multipliers': n.tolist(), 'quantities': problem.optimum().tolist(),
+      'weights': ddo_weights(n, base).tolist(), 'pinned': [names[i] for i in problem.pinned()],
+      'base_weights': (base / base.sum()).tolist()}
+  write_json(optimum_path, optimum)
+  logging.info('[%s] optimal weights %s%s', stage, format_weights(names, optimum['weights']),
+               f" (on a bound: {', '.join(optimum['pinned'])})" if optimum['pinned'] else '')
+  return optimum
+
+
+def run(exp: Experiment) -> list[dict]:
+  """The optimum of every budget, smallest first (budgets done earlier are read back)."""
+  sizes = check(exp)
+  return [run_budget(exp, b, k, len(sizes)) for k, b in enumerate(sizes)]

@@ -1,0 +1,75 @@
+"""The dry run: the table of what the configured mode would train, before any data exists."""
+
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from autoscale_jax.data.mixture import counts_from_weights, num_steps, resolve_weights
+from autoscale_jax.lead import say
+from autoscale_jax.pipeline import ddo, predict, validate
+from autoscale_jax.pipeline.registry import devices_line, trainable_mask
+
+
+def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say) -> None:
+  """Prints what the configured mode would train (runs, tokens, steps, devices); trains nothing.
+
+  Needs no data: natural-proportion mixtures and data-size bounds are marked as such.
+  """
+  names = [d.name for d in config.data.domains]
+  trainable = trainable_mask(config)
+  mix_names = [n for n, t in zip(names, trainable) if t]
+  seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
+  out(f'Plan for mode={config.mode}: {config.model.family}-{config.model.size}, '
+      f'{len(names)} domains, seq_len {seq_len}, batch {batch} sequences '
+      f'({batch * seq_len:,} tokens/step); {devices_line(config)}.')
+  rows = []
+
+  def add(stage: str, name: str, counts: np.ndarray) -> None:
+    rows.append((stage, name, int(counts.sum()) * seq_len, num_steps(counts, batch),
+                 ' '.join(f'{int(c) * seq_len:,}' for c in counts)))
+
+  def mixture(weights, field: str) -> tuple[np.ndarray, str]:
+    """Weights over all domains; 'natural' needs the data, so it is shown as uniform."""
+    if isinstance(weights, str) and weights == 'natural':
+      weights, note = 'uniform', ' (natural: shares known after prepare)'
+    else:
+      note = ''
+    full = np.zeros(len(names))
+    full[trainable] = resolve_weights(weights, mix_names, np.ones(len(mix_names)), field)
+    return full, note
+
+  if config.mode == 'train':
+    w, note = mixture(config.train.weights, 'config.train.weights')
+    add('train', str(config.train.weights) + note,
+        counts_from_weights(w, config.train.tokens, seq_len))
+  if config.mode in ('ddo', 'autoscale'):
+    natural = config.ddo.base_weights == 'natural'
+    for b in ddo.budgets(config):
+      _, specs, _ = ddo.ddo_plan(config, names, np.ones(len(names)), trainable, b, seq_len)
+      for spec in specs:
+        add(f'ddo {b:,}', spec.name + (' (natural base: sizes after prepare)' if natural else ''),
+            spec.counts)
+  if config.mode == 'autoscale' and config.validate.enabled:
+    for t in validate.targets(config):
+      even, _ = mixture('uniform', 'config.validate')
+      add(f'validate {t:,}', 'predicted (weights after DDO)', counts_from_weights(even, t, seq_len))
+      for name, weights in config.validate.baselines.items():
+        w, note = mixture(weights, f'config.validate.baselines.{name}')
+        add(f'validate {t:,}', name + note, counts_from_weights(w, t, seq_len))
+  if config.mode in ('predict', 'autoscale'):
+    out('predict: targets ' + ', '.join(f'{t:,}' for t in predict.targets(config)) + ' tokens')
+  _table(rows, names, out)
+
+
+def _table(rows: list[tuple], names: list[str], out: Callable[[str], None]) -> None:
+  if not rows:
+    return
+  header = ('stage', 'run', 'tokens', 'steps', 'per-domain tokens (' + ' '.join(names) + ')')
+  w0 = max(len(header[0]), *(len(r[0]) for r in rows))
+  w1 = max(len(header[1]), *(len(r[1]) for r in rows))
+  out(f'{header[0]:<{w0}}  {header[1]:<{w1}}  {header[2]:>15}  {header[3]:>9}  {header[4]}')
+  for r in rows:
+    out(f'{r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]:>15,}  {r[3]:>9,}  {r[4]}')
+  out(f'{len(rows)} runs, {sum(r[2] for r in rows):,} tokens, {sum(r[3] for r in rows):,} '
+      'steps in all (runs already finished in the workdir are skipped when it trains).')

@@ -1,0 +1,181 @@
+"""The runs of one workdir: prepared data, tokenizer, trainer, run directories, which runs are
+finished, and training a list of them. The stages say which runs they want; this module knows
+no stage, and it is the only one in the pipeline that calls into autoscale_jax.train and the data
+store, so a change of those APIs is made here alone."""
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from autoscale_jax.errors import ConfigError
+from autoscale_jax.progress import Progress, format_eta
+
+
+# ------------------------------------------------------------------------------ small helpers
+def tokens_key(tokens: float) -> str:
+  """How a token count names a folder or a json key (budgets/<tokens>/, validation/<tokens>)."""
+  return str(int(round(tokens)))
+
+
+def read_json(path: epath.Path):
+  return json.loads(path.read_text())
+
+
+def format_weights(names: Sequence[str], weights: Sequence[float]) -> str:
+  return ', '.join(f'{n} {w:.3f}' for n, w in zip(names, weights))
+
+
+def positive_tokens(values, field: str) -> list[int]:
+  """One or more token budgets of a config field, each a finite number > 0."""
+  values = [values] if np.isscalar(values) else list(values)
+  if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                           for v in values):
+    raise ConfigError(f'{field} must be one or more token budgets > 0; got {values}.')
+  return [int(round(v)) for v in values]
+
+
+def trainable_mask(config: ml_collections.ConfigDict) -> np.ndarray:
+  """Domains a mixture may train on; `eval_only` domains are only measured (held out)."""
+  mask = np.array([not d.get('eval_only', False) for d in config.data.domains])
+  if not mask.any():
+    raise ConfigError('every domain in config.data.domains is eval_only; at least one domain must '
+                      'be trainable (set eval_only=False on it).')
+  return mask
+
+
+def devices_line(config: ml_collections.ConfigDict) -> str:
+  """The devices and mesh the config would train on, or why this machine cannot (dry runs)."""
+  from autoscale_jax.train import mesh as mesh_lib
+  try:
+    mesh = mesh_lib.make_mesh(config.mesh)
+    return f'{mesh.size} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}'
+  except ConfigError as e:
+    return f'{jax.device_count()} device(s) here; the configured mesh needs others ({e})'
+
+
+# ------------------------------------------------------------------------------ runs
+@dataclasses.dataclass
+class RunSpec:
+  """One training run a stage wants: its label, per-domain sequence counts and seed."""
+  name: str
+  counts: np.ndarray
+  seed: int
+  eval_every: int = 0
+
+
+class Experiment:
+  """The prepared data, tokenizer and trainers of one workdir, and how to train runs in it."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path):
+    from autoscale_jax.data import store, tokenizer
+    from autoscale_jax.models import row_len
+    from autoscale_jax.train import runs
+    # Settings a run would otherwise only meet after prepare (or at its end) are checked first.
+    runs.check_config(config)
+    self.trainable = trainable_mask(config)
+    self.config = config
+    self.workdir = workdir
+    family = config.model.family
+    self.tokenizer = tokenizer.get_tokenizer(config.data, workdir, family=family)
+    self.stores = store.prepare(config.data, workdir, family=family,
+                                row_len=row_len(family, config.data.seq_len))
+    self.names = list(self.stores)
+    self.seq_len = int(config.data.seq_len)
+    self.rows = np.array([s.train.shape[0] for s in self.stores.values()], np.int64)
+    self.natural = np.array([s.meta['tokens'] for s in self.stores.values()], np.float64)
+    self.mix_names = [n for n, t in zip(self.names, self.trainable) if t]  # the mixture's domains
+    # The compiled programs every run of the experiment shares (built when first trained).
+    self.trainers = runs.Trainers(config, self.tokenizer, len(self.names))
+    self._session_tokens = 0
+    self._session_seconds = 0.0
+
+  # -- configuration of one run
+  def run_config(self, spec: RunSpec) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.train.eval_every = int(spec.eval_every)
+    return config
+
+  def run_dir(self, spec: RunSpec) -> epath.Path:
+    from autoscale_jax.train.runs import run_fingerprint
+    return self.workdir / 'runs' / run_fingerprint(self.run_config(spec), spec.counts, spec.seed,
+                                                   self.tokenizer.hash)
+
+  def check_run(self, spec: RunSpec, field: str) -> None:
+    """Fails before any training if a run needs more data than the stores hold."""
+    batch = int(self.config.train.batch_size)
+    if spec.counts.sum() < batch:
+      raise ConfigError(
+          f'{field}: run {spec.name} holds {int(spec.counts.sum()) * self.seq_len:,} tokens, less '
+          f'than one batch ({batch} x {self.seq_len} tokens); raise the budget or lower '
+          f'config.train.batch_size.')
+    allowed = self.rows * int(self.config.data.max_epochs)
+    over = np.nonzero(spec.counts > allowed)[0]
+    if over.size:
+      i = int(over[0])
+      raise ConfigError(
+          f'{field}: run {spec.name} needs {int(spec.counts[i]) * self.seq_len:,} tokens of domain '
+          f"'{self.names[i]}' but its store holds {int(self.rows[i]) * self.seq_len:,} "
+          f'(x{self.config.data.max_epochs} epochs); lower the budget, add data '
+          f'(config.data.max_docs=0 reads all) or allow repetition with config.data.max_epochs.')
+
+  def full(self, counts: np.ndarray) -> np.ndarray:
+    """Counts over the mixture's domains -> counts over all domains (0 for eval-only ones)."""
+    out = np.zeros(len(self.names), np.int64)
+    out[self.trainable] = counts
+    return out
+
+  # -- training
+  def train(self, specs: Sequence[RunSpec], stage: str) -> list[dict]:
+    """Results of `specs`, training those not finished yet, with progress (runs done of total)
+    and, after each group, a log line with an ETA.
+
+    Runs sharing an evaluation cadence form a group, trained stacked when config.train.stack_runs
+    allows and memory fits (the trainer logs which and why), else one after another.
+    """
+    results: list[dict | None] = [None] * len(specs)
+    todo = []
+    for k, spec in enumerate(specs):
+      path = self.run_dir(spec) / 'result.json'
+      if path.exists():
+        results[k] = read_json(path)
+      else:
+        todo.append(k)
+    logging.info('[%s] %d runs: %d finished earlier, %d to train.', stage, len(specs),
+                 len(specs) - len(todo), len(todo))
+    remaining = sum(int(specs[k].counts.sum()) for k in todo) * self.seq_len
+    groups: dict[int, list[int]] = {}
+    for k in todo:
+      groups.setdefault(specs[k].eval_every, []).append(k)
+    with Progress(len(specs), f'[{stage}] runs', 'run', initial=len(specs) - len(todo)) as bar:
+      for members in groups.values():
+        t0 = time.time()
+        out = self._train_group([specs[k] for k in members], stage)
+        tokens = sum(int(specs[k].counts.sum()) for k in members) * self.seq_len
+        remaining -= tokens
+        self._session_tokens += tokens
+        self._session_seconds += time.time() - t0
+        for k, result in zip(members, out):
+          results[k] = result
+        bar.update(len(members))
+        eta = remaining * self._session_seconds / max(self._session_tokens, 1)
+        logging.info('[%s] %d/%d runs done (%s); ETA %s', stage,
+                     sum(r is not None for r in results), len(specs),
+                     ', '.join(f"{specs[k].name} {results[k]['objective']:.4f}" for k in members),
+                     format_eta(eta))
+    return results
+
+  def _train_group(self, specs: Sequence[RunSpec], stage: str) -> list[dict]:
+    """Runs of one evaluation cadence (any seeds), stacked or one after another."""
+    from autoscale_jax.train import runs
+    return runs.run_many(
+        self.run_config(specs[0]),
+        [runs.Run(f'{stage}/{s.name}', self.run_dir(s), s.counts, s.seed) for s in specs],
+        stores=self.stores, tokenizer=self.tokenizer, trainers=self.trainers)

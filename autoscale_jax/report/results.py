@@ -1,0 +1,72 @@
+"""What a workdir holds, read once for every section of the report (json files only)."""
+
+import dataclasses
+import json
+
+import numpy as np
+from etils import epath
+
+from autoscale_jax.errors import ConfigError
+
+
+def _load(path: epath.Path):
+  return json.loads(path.read_text())
+
+
+@dataclasses.dataclass
+class Results:
+  """The workdir's results; `folder` is where the report and its plots go."""
+  workdir: epath.Path
+  budgets: list[dict]  # per DDO budget: 'plan', and 'fits' and 'optimum' once done
+  predictions: dict | None
+  model: dict | None
+  validations: list[dict]  # per target, in order
+
+  @property
+  def folder(self) -> epath.Path:
+    return self.workdir / 'report'
+
+  @property
+  def domains(self) -> list[str]:
+    return self.budgets[0]['plan']['domains']
+
+  def curve(self, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(tokens trained, training loss) at each logged step of one run; None before its first
+    log line. Tokens are steps x the run's batch size x seq_len (its config.json)."""
+    run = self.workdir / 'runs' / fingerprint
+    metrics, config = run / 'metrics.jsonl', run / 'config.json'
+    if not (metrics.exists() and config.exists()):
+      return None
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    points = [(r['step'], r['loss']) for r in records if 'loss' in r and 'step' in r]
+    if not points:
+      return None
+    c = _load(config)['config']
+    per_step = int(c['train']['batch_size']) * int(c['data']['seq_len'])
+    steps, losses = np.array(points, np.float64).T
+    return steps * per_step, losses
+
+
+def load(workdir: epath.Path) -> Results:
+  """Reads every result file of `workdir`; at least one DDO budget must have started."""
+  budgets = []
+  folder = workdir / 'budgets'
+  started = [p for p in folder.iterdir() if (p / 'plan.json').exists()] if folder.exists() else []
+  for path in sorted(started, key=lambda p: int(p.name)):
+    entry = {'plan': _load(path / 'plan.json')}
+    for name in ('fits', 'optimum'):
+      if (path / f'{name}.json').exists():
+        entry[name] = _load(path / f'{name}.json')
+    budgets.append(entry)
+  if not budgets:
+    raise ConfigError(f'{workdir} holds no DDO results (budgets/*/plan.json); run '
+                      '--config.mode=ddo or autoscale there first, or fix --workdir.')
+  predictions_path = workdir / 'autoscale' / 'predictions.json'
+  predictions = model = None
+  if predictions_path.exists():
+    predictions = _load(predictions_path)
+    model = _load(workdir / 'autoscale' / 'model.json')
+  validation_dir = workdir / 'validation'
+  validations = sorted((_load(p) for p in validation_dir.glob('*.json')),
+                       key=lambda v: v['target']) if validation_dir.exists() else []
+  return Results(workdir, budgets, predictions, model, validations)
