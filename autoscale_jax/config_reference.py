@@ -88,16 +88,17 @@ def render() -> str:
   if missing:
     raise SystemExit(f'defaults.py: {", ".join(missing)} has no comment in get_config; say what '
                      'it means beside its assignment, then run: ' + COMMAND)
-  intro = ast.get_docstring(ast.parse(source)).split('\n\n', 1)[1].replace('\n', ' ')
+  order = {path: i for i, path in enumerate(meanings)}
+  paragraphs = ast.get_docstring(ast.parse(source)).split('\n\n')[1:]  # after the summary line
   out = ['# Config reference', '',
-         f'Generated from `autoscale_jax/defaults.py` by `{COMMAND}`; do not edit by hand.',
-         '', intro, '',
-         'A config is a Python file whose `get_config()` starts from `defaults.get_config()`; the',
-         'shipped ones are in `configs/`. Any field can be overridden on the command line, e.g.',
-         '`--config.train.batch_size=64` or `--config.ddo.budgets=\'(1e6,4e6)\'`.']
-  for section in [''] + sorted(sections, key=list(meanings).index):
-    rows = [(path, value) for path, value in fields.items()
-            if path.rpartition('.')[0] == section]
+         f'Generated from `autoscale_jax/defaults.py` by `{COMMAND}`; do not edit by hand.', '']
+  out += [paragraph.replace('\n', ' ') + '\n' for paragraph in paragraphs]
+  out += ['A config is a Python file whose `get_config()` starts from `defaults.get_config()`; the',
+          'shipped ones are in `configs/`. Any field can be overridden on the command line, e.g.',
+          '`--config.train.batch_size=64` or `--config.ddo.budgets=\'(1e6,4e6)\'`.']
+  for section in [''] + sorted(sections, key=order.get):
+    rows = sorted(((path, value) for path, value in fields.items()
+                   if path.rpartition('.')[0] == section), key=lambda row: order[row[0]])
     title = section.rpartition('.')[2]
     blurb = meanings.get(section, '')
     out += ['', f'{"#" * (2 + section.count("."))} {f"`{section}`" if section else "Top level"}',
@@ -107,7 +108,7 @@ def render() -> str:
     if rows:
       out += ['| field | default | meaning |', '| --- | --- | --- |']
       out += [f'| `{path}` | `{_cell(_format(value))}` | {_cell(meanings[path])} |'
-              for path, value in sorted(rows, key=lambda row: list(meanings).index(row[0]))]
+              for path, value in rows]
   return '\n'.join(out) + '\n'
 
 
