@@ -2,11 +2,13 @@
 or the config gains fields. The values were recorded with the code that wrote the first
 workdirs; a change here retrains every user's finished runs, so it must be deliberate."""
 
+import copy
+import importlib
+
 import ml_collections
 import numpy as np
 import pytest
 
-from autoscale_jax.configs import load_config
 from autoscale_jax.train import runs
 
 TOKENIZER_HASH = 'tokhash123'
@@ -25,6 +27,10 @@ RECORDED = [
 ]
 
 
+def load_config(name: str) -> ml_collections.ConfigDict:
+  return importlib.import_module(f'autoscale_jax.configs.{name}').get_config()
+
+
 @pytest.mark.parametrize('name,counts,seed,expected', RECORDED)
 def test_fingerprints_equal_the_recorded_values(name, counts, seed, expected):
   config = load_config(name)
@@ -35,7 +41,7 @@ def test_what_does_not_shape_a_run_leaves_the_fingerprint_alone():
   config = load_config('tiny')
   counts = np.array([10, 20, 30, 40])
   base = runs.run_fingerprint(config, counts, 0, TOKENIZER_HASH)
-  changed = ml_collections.ConfigDict(config.to_dict())
+  changed = copy.deepcopy(config)
   changed.train.log_every, changed.train.eval_every = 1, 3
   changed.train.checkpoint_every, changed.train.stack_runs = 2, False
   changed.seed = 7  # the run's own seed is what counts, not the config's
@@ -48,11 +54,11 @@ def test_fields_added_later_count_only_away_from_their_first_value():
   base = runs.run_fingerprint(config, counts, 0, TOKENIZER_HASH)
   for (section, field), legacy in runs.LATER_FIELDS.items():
     assert config[section][field] == legacy  # today's default is the first value
-    changed = ml_collections.ConfigDict(config.to_dict())
+    changed = copy.deepcopy(config)
     changed[section][field] = 0 if isinstance(legacy, int) else 'cudnn'
     assert runs.run_fingerprint(changed, counts, 0, TOKENIZER_HASH) != base
   for field, value in (('lr', 1e-3), ('batch_size', 8)):
-    changed = ml_collections.ConfigDict(config.to_dict())
+    changed = copy.deepcopy(config)
     changed.train[field] = value
     assert runs.run_fingerprint(changed, counts, 0, TOKENIZER_HASH) != base
   assert runs.run_fingerprint(config, counts, 1, TOKENIZER_HASH) != base
