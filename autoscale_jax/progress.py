@@ -8,9 +8,10 @@ lines clear the bars, print, and redraw them, so neither garbles the other.
 import sys
 import time
 
-import jax
 from absl import logging
 from tqdm import tqdm
+
+from autoscale_jax import lead
 
 INTERVAL_S = 30.0  # plain mode: at most one line per bar this often (and one at the end)
 
@@ -62,7 +63,7 @@ class Progress:
     self.n = initial
     self.interval_s = interval_s
     self._fields: dict = {}
-    self._shown = jax.process_index() == 0
+    self._shown = lead.is_lead()
     terminal = on_terminal() if terminal is None else terminal
     self._bar = None
     if self._shown and terminal:

@@ -26,6 +26,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from autoscale_jax import lead
 from autoscale_jax.errors import ConfigError
 
 
@@ -238,7 +239,7 @@ class Checkpointer:
       if step in noted:
         self._set_aside(step, steps[i + 1:], 'an earlier start noted: ' +
                         '; '.join(text for _, text in noted[step]))
-    if jax.process_index() == 0:
+    if lead.is_lead():
       for notes in noted.values():
         for note, _ in notes:
           note.unlink(missing_ok=True)
@@ -248,7 +249,7 @@ class Checkpointer:
     where = f'falling back to step {rest[0]}' if rest else 'starting from scratch'
     source = self.directory / str(step)
     target = self.unreadable_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
-    if jax.process_index() == 0:
+    if lead.is_lead():
       try:
         target.parent.mkdir(parents=True, exist_ok=True)
         source.rename(target)

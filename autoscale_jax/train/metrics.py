@@ -7,6 +7,7 @@ import jax
 from absl import logging
 from etils import epath
 
+from autoscale_jax import lead
 from autoscale_jax.io import write_text_atomic
 
 # Dense bf16 peak FLOP/s per device (vendor figures); fp32 runs reach less, set train.peak_flops.
@@ -50,7 +51,7 @@ class MetricWriter:
     self.path = epath.Path(workdir) / 'metrics.jsonl'
     self.records: list[dict] = []
     self._tb = None
-    self._main = jax.process_index() == 0
+    self._main = lead.is_lead()
     if self.path.exists():
       self.records = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
     if tensorboard and self._main:

@@ -25,10 +25,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from autoscale_jax import lead
 from autoscale_jax.data import loader as loader_lib
 from autoscale_jax.data import mixture
 from autoscale_jax.errors import ConfigError
-from autoscale_jax.io import write_json_atomic
 from autoscale_jax.models import build_model
 from autoscale_jax.train import loop
 from autoscale_jax.train import mesh as mesh_lib
@@ -205,12 +205,11 @@ def _write_run_config(run: Run, config: ml_collections.ConfigDict, *, names: lis
                       fingerprint: str, total_steps: int, **extra) -> None:
   """<run_dir>/config.json: what the run is (config, seed, counts, fingerprint, length)."""
   run.run_dir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    config_json = json.loads(config.to_json_best_effort())
-    config_json['seed'] = int(run.seed)
-    write_json_atomic(run.run_dir / 'config.json', {
-        'config': config_json, 'counts': np.asarray(run.counts).tolist(), 'domains': names,
-        'fingerprint': fingerprint, 'total_steps': int(total_steps), **extra})
+  config_json = json.loads(config.to_json_best_effort())
+  config_json['seed'] = int(run.seed)
+  lead.write_json(run.run_dir / 'config.json', {
+      'config': config_json, 'counts': np.asarray(run.counts).tolist(), 'domains': names,
+      'fingerprint': fingerprint, 'total_steps': int(total_steps), **extra})
 
 
 def _member(run: Run, config: ml_collections.ConfigDict, start: int,
@@ -290,8 +289,7 @@ def run(config: ml_collections.ConfigDict, spec: Run, *, stores: dict, tokenizer
   result = loop.result_record(config, name=spec.name, fingerprint=fingerprint, names=names,
                               counts=counts, seen=seen, rows=_rows(stores), steps=step,
                               evals=member.evals, wall_s=time.time() - t0)
-  if jax.process_index() == 0:
-    write_json_atomic(spec.run_dir / 'result.json', result)
+  lead.write_json(spec.run_dir / 'result.json', result)
   return result
 
 
@@ -367,8 +365,7 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
   ckpt = _checkpointer(config, stack_dir / 'checkpoints', fingerprint,
                        {s.name: d for s, d in zip(specs, descriptions)})
   restored = ckpt.restore(stacked.abstract_state)
-  if jax.process_index() == 0:
-    write_json_atomic(stack_dir / 'stack.json', {
+  lead.write_json(stack_dir / 'stack.json', {
         'fingerprint': fingerprint, 'runs': [
             {'name': s.name, 'dir': str(s.run_dir), 'fingerprint': f, 'total_steps': int(t)}
             for s, f, t in zip(specs, fingerprints, totals)]})
@@ -407,10 +404,9 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
     result = loop.result_record(config, name=s.name, fingerprint=f, names=domains,
                                 counts=counts[r], seen=seen[r], rows=_rows(stores),
                                 steps=int(totals[r]), evals=members[r].evals, wall_s=wall)
-    if jax.process_index() == 0:
-      write_json_atomic(s.run_dir / 'result.json', result)
+    lead.write_json(s.run_dir / 'result.json', result)
     results.append(result)
-  if jax.process_index() == 0:  # every member has its result and its own final checkpoint
+  if lead.is_lead():  # every member has its result and its own final checkpoint
     stack_dir.rmtree(missing_ok=True)
   logging.info('[%s] %d stacked runs finished in %.1fs.', label, n, wall)
   return results
