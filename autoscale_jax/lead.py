@@ -24,4 +24,3 @@ def write_json(path: epath.PathLike, obj) -> None:
   """write_json_atomic, on process 0 only."""
   if is_lead():
     write_json_atomic(path, obj)
-

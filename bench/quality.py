@@ -24,7 +24,6 @@ from etils import epath
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import _common  # noqa: E402  pylint: disable=g-import-not-at-top
-
 from autoscale_jax import defaults, pipeline  # noqa: E402
 from autoscale_jax.pipeline import ddo, lock, registry, validate  # noqa: E402
 

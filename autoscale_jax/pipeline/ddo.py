@@ -14,10 +14,21 @@ from etils import epath
 from autoscale_jax.data.mixture import resolve_weights
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.lead import write_json
-from autoscale_jax.mixing import (DDOProblem, Perturbation, ddo_weights, fit_domains,
-                                  perturbation_plan)
-from autoscale_jax.pipeline.registry import (Experiment, RunSpec, format_weights, positive_tokens,
-                                             read_json, tokens_key)
+from autoscale_jax.mixing import (
+  DDOProblem,
+  Perturbation,
+  ddo_weights,
+  fit_domains,
+  perturbation_plan,
+)
+from autoscale_jax.pipeline.registry import (
+  Experiment,
+  RunSpec,
+  format_weights,
+  positive_tokens,
+  read_json,
+  tokens_key,
+)
 
 
 def budgets(config: ml_collections.ConfigDict) -> list[int]:
