@@ -37,7 +37,8 @@ def mesh(**sizes) -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.mode = 'autoscale'  # prepare | train | ddo | predict | autoscale (all of them, then report) | report
+  # prepare | train | ddo | predict | autoscale (all of them, then report) | report
+  c.mode = 'autoscale'
   c.seed = 0  # seeds parameter init, dropout, the mixture sampler and BERT masking
   c.dry_run = False  # print the run plan (runs, tokens, steps, devices) and exit without training
 
@@ -45,13 +46,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.family = 'gpt2'  # gpt2 (causal LM) | bert (masked LM)
   c.model.size = 'tiny'  # gpt2: tiny|small|medium|large|xl; bert: tiny|base|large
-  c.model.overrides = ml_collections.ConfigDict()  # per-field overrides of the named size, e.g. num_layers=1
+  # Per-field overrides of the named size, e.g. num_layers=1.
+  c.model.overrides = ml_collections.ConfigDict()
   c.model.dropout = 0.0  # dropout on embeddings, attention probabilities and residual branches
   c.model.dtype = 'float32'  # compute dtype (bfloat16 on accelerators)
   c.model.param_dtype = 'float32'  # parameter / optimizer-state dtype (keep float32)
   c.model.remat = 'none'  # none | full | dots: rematerialization policy of each block
-  c.model.scan_layers = True  # nn.scan over blocks: one compiled block, fast compiles for deep models
-  c.model.scan_unroll = 1  # scanned blocks per loop iteration (0 = all: no loop, compiles every layer)
+  c.model.scan_layers = True  # nn.scan over blocks: one compiled block, fast deep compiles
+  c.model.scan_unroll = 1  # scanned blocks per loop iteration (0 = all: every layer compiled)
   c.model.attention_impl = 'xla'  # xla | cudnn: the jax.nn.dot_product_attention implementation
 
   # --- data ----------------------------------------------------------------------------------
@@ -60,14 +62,15 @@ def get_config() -> ml_collections.ConfigDict:
   # tfds:NAME[/CONFIG][:SPLIT] | demo:NAME), text_key (the text field of jsonl/parquet/tfds
   # records), eval_only (held out: measured, never trained on).
   c.data.domains = tuple(domain(n, f'demo:{n}') for n in ('code', 'speeches', 'plays', 'news'))
-  c.data.seq_len = 128  # tokens per training sequence (targets); stored rows hold seq_len + 1 for GPT-2
+  # Tokens per training sequence (targets); stored rows hold seq_len + 1 for GPT-2.
+  c.data.seq_len = 128
   c.data.val_sequences = 64  # validation sequences per domain, carved out before any training data
   c.data.max_docs = 0  # read at most this many documents per domain (0 = all)
   c.data.tokenizer = ml_collections.ConfigDict()
   c.data.tokenizer.kind = 'train_bpe'  # train_bpe | train_wordpiece | gpt2 (real GPT-2 BPE) | file
   c.data.tokenizer.path = ''  # tokenizer.json when kind == 'file'
   c.data.tokenizer.vocab_size = 4096  # size of a trained tokenizer
-  c.data.tokenizer.train_chars = 2_000_000  # characters of training text per domain used to train it
+  c.data.tokenizer.train_chars = 2_000_000  # characters of each domain's text that train it
   c.data.cache_dir = ''  # token store location; '' = <workdir>/data
   c.data.prefetch = 2  # batches prepared ahead on a background thread
   c.data.max_epochs = 1  # >1 allows a run to repeat a domain's rows (warned); 1 = never repeat
@@ -102,7 +105,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- evaluation ----------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
   c.eval.objective = 'mean_ppl'  # mean_ppl | mean_loss | weighted_ppl | weighted_loss
-  c.eval.objective_weights = ml_collections.ConfigDict()  # {domain: weight} for weighted_*; held-out domains only = zero weight elsewhere
+  # {domain: weight} for weighted_*; held-out domains only = zero weight on the others.
+  c.eval.objective_weights = ml_collections.ConfigDict()
   c.eval.batch_size = 64  # validation batch in sequences
 
   # --- DDO: the 2m+1 proxy runs at each small budget -------------------------------------------

@@ -23,8 +23,10 @@ import numpy as np
 
 from autoscale_jax.configs import tiny
 from autoscale_jax.models import build_model  # noqa: E402
-from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
-from autoscale_jax.train import metrics  # noqa: E402
+from autoscale_jax.train import (
+  mesh as mesh_lib,  # noqa: E402
+  metrics,  # noqa: E402
+)
 from autoscale_jax.train.trainer import Trainer, run_key  # noqa: E402
 
 
@@ -195,7 +197,8 @@ def main() -> None:
     row = run_case(case, args, limit, start + args.deadline_s)
     rows.append(row)
     print(f'{json.dumps(row)}', flush=True)
-  header = '| model | seq | batch | attention | step ms | tokens/s | MFU | compile s | batches tried |'
+  header = ('| model | seq | batch | attention | step ms | tokens/s | MFU | compile s | batches '
+            'tried |')
   print()
   print(f'{device.device_kind}, jax {jax.__version__}, bf16 compute / fp32 params, '
         f'scan_unroll={args.scan_unroll}, {time.time() - start:.0f} s in all')

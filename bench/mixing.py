@@ -19,8 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autoscale_jax.mixing import (AutoScaleModel, DDOProblem, PowerLaw, fit_domains,
-                                  fit_power_law, perturbation_plan, solve_ddo)
+from autoscale_jax.mixing import (
+  AutoScaleModel,
+  DDOProblem,
+  PowerLaw,
+  fit_domains,
+  fit_power_law,
+  perturbation_plan,
+  solve_ddo,
+)
 from autoscale_jax.mixing.ddo import _solve_kernel
 
 RESULTS = pathlib.Path(__file__).with_name('RESULTS.md')

@@ -41,8 +41,11 @@ from etils import epath
 from autoscale_jax.configs import tiny
 from autoscale_jax.data import mixture, store, tokenizer  # noqa: E402
 from autoscale_jax.pipeline import ddo  # noqa: E402
-from autoscale_jax.train import memory, runs  # noqa: E402
-from autoscale_jax.train import metrics as metrics_lib  # noqa: E402
+from autoscale_jax.train import (  # noqa: E402
+  memory,
+  metrics as metrics_lib,  # noqa: E402
+  runs,
+)
 from autoscale_jax.train.trainer import run_key  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).with_name('RESULTS.md')

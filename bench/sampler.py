@@ -19,7 +19,6 @@ import dataclasses
 import os
 import sys
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -28,7 +27,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 import train_throughput  # noqa: E402
-
 from autoscale_jax.data import mixture  # noqa: E402
 from autoscale_jax.data.loader import Loader  # noqa: E402
 from autoscale_jax.data.store import DomainStore  # noqa: E402

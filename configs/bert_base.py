@@ -23,8 +23,9 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/bert') -> ml_collections.Config
   c.model.dtype = 'bfloat16'  # compute dtype on accelerators; parameters stay float32
   c.model.dropout = 0.1  # BERT's dropout
 
-  c.data.domains = tuple(defaults.domain(n, f'files:{data_dir}/{n}/*.jsonl*') for n in TRAIN) + tuple(
-      defaults.domain(n, f'files:{data_dir}/{n}/*.jsonl*', eval_only=True) for n in HELD_OUT)
+  c.data.domains = tuple(
+      defaults.domain(n, f'files:{data_dir}/{n}/*.jsonl*', eval_only=n in HELD_OUT)
+      for n in TRAIN + HELD_OUT)
   c.data.seq_len = 128  # [CLS] x [SEP] sequences
   c.data.val_sequences = 1024  # per domain
   c.data.tokenizer.kind = 'train_wordpiece'  # trained on the training domains, saved in the workdir

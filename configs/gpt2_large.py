@@ -21,7 +21,8 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/redpajama') -> ml_collections.C
   c.model.remat = 'dots'  # keep matmul outputs, recompute the rest: fits large batches
   c.model.dropout = 0.0  # single-epoch pre-training
 
-  c.data.domains = defaults.redpajama_domains(data_dir)  # cc, c4, github, books, wiki, arxiv, stackexchange
+  # cc, c4, github, books, wiki, arxiv, stackexchange
+  c.data.domains = defaults.redpajama_domains(data_dir)
   c.data.seq_len = 1024  # GPT-2's context
   c.data.val_sequences = 256  # 262k validation tokens per domain, fixed for every run
   c.data.tokenizer.kind = 'gpt2'  # GPT-2's own BPE (50257 tokens), shipped offline

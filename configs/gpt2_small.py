@@ -19,7 +19,8 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/redpajama') -> ml_collections.C
   c.model.dtype = 'bfloat16'  # compute dtype on accelerators; parameters stay float32
   c.model.dropout = 0.0  # single-epoch pre-training
 
-  c.data.domains = defaults.redpajama_domains(data_dir)  # cc, c4, github, books, wiki, arxiv, stackexchange
+  # cc, c4, github, books, wiki, arxiv, stackexchange
+  c.data.domains = defaults.redpajama_domains(data_dir)
   c.data.seq_len = 1024  # GPT-2's context
   c.data.val_sequences = 128  # 131k validation tokens per domain
   c.data.tokenizer.kind = 'gpt2'  # GPT-2's own BPE

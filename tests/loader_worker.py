@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from autoscale_jax.data import loader, store, tokenizer
-from data_helpers import COUNTS, BATCH, SEED, loader_config, RecordingRows
+from data_helpers import BATCH, COUNTS, SEED, RecordingRows, loader_config
 
 
 def main(process_id: int, port: int, workdir: str, out: str) -> None:

@@ -8,9 +8,17 @@ import pytest
 from scipy.optimize import minimize
 
 from autoscale_jax.errors import UserError
-from autoscale_jax.mixing import (DDOProblem, DegenerateFitWarning, Perturbation, PowerLaw,
-                                  ddo_weights, fit_domains, perturbation_plan, pinned_domains,
-                                  solve_ddo)
+from autoscale_jax.mixing import (
+  DDOProblem,
+  DegenerateFitWarning,
+  Perturbation,
+  PowerLaw,
+  ddo_weights,
+  fit_domains,
+  perturbation_plan,
+  pinned_domains,
+  solve_ddo,
+)
 
 
 def test_plan_is_base_first_then_one_domain_scaled_per_run():
@@ -85,7 +93,6 @@ def test_fit_domains_refuses_misaligned_or_bad_objectives():
 
 def _scipy_solve(a, b, total, lower, upper, cost):
   """Independent reference: SLSQP on the same convex problem, analytic gradient."""
-  m = a.size
   result = minimize(lambda n: np.sum((n + a)**-b), np.clip(total / cost.sum(), lower, upper),
                     jac=lambda n: -b * (n + a)**(-b - 1), method='SLSQP',
                     bounds=[(lo, None if np.isinf(hi) else hi) for lo, hi in zip(lower, upper)],

@@ -11,8 +11,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from autoscale_jax.data import DataError, loader, mixture, store
-from data_helpers import (BATCH, COUNTS, SEED, RecordingRows, loader_config,
-                          write_loader_corpus)
+from data_helpers import BATCH, COUNTS, SEED, RecordingRows, loader_config, write_loader_corpus
 
 
 @pytest.fixture(scope='module', name='workdir')

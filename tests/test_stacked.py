@@ -16,12 +16,16 @@ import numpy as np
 import pytest
 from etils import epath
 
-from autoscale_jax.data.store import DomainStore  # noqa: E402
 from autoscale_jax import defaults  # noqa: E402
 from autoscale_jax.configs import tiny
+from autoscale_jax.data.store import DomainStore  # noqa: E402
 from autoscale_jax.errors import ConfigError  # noqa: E402
-from autoscale_jax.train import memory, runs, stacked  # noqa: E402
-from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
+from autoscale_jax.train import (  # noqa: E402
+  memory,
+  mesh as mesh_lib,  # noqa: E402
+  runs,
+  stacked,
+)
 from autoscale_jax.train.checkpoint import Checkpointer  # noqa: E402
 
 VOCAB, SEQ, BATCH = 512, 32, 16

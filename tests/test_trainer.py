@@ -8,15 +8,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from autoscale_jax import defaults  # noqa: E402
 from autoscale_jax.configs import tiny
 from autoscale_jax.errors import ConfigError  # noqa: E402
 from autoscale_jax.models import build_model  # noqa: E402
-from autoscale_jax.train import mesh as mesh_lib  # noqa: E402
-from autoscale_jax.train import optim  # noqa: E402
+from autoscale_jax.train import (
+  mesh as mesh_lib,  # noqa: E402
+  optim,  # noqa: E402
+)
 from autoscale_jax.train.trainer import Trainer, loss_and_grads, objective, run_key  # noqa: E402
 
 KEY = run_key(0)  # the key of every run here (seed 0)

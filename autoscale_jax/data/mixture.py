@@ -33,8 +33,8 @@ import warnings
 from collections.abc import Sequence
 
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from autoscale_jax.data import DataError

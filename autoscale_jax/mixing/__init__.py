@@ -5,10 +5,21 @@ default dtypes); it knows nothing of training or data.
 """
 
 from autoscale_jax.mixing.autoscale import AutoScaleModel, WeightInterval
-from autoscale_jax.mixing.ddo import (DDOProblem, Perturbation, ddo_weights, fit_domains,
-                                      perturbation_plan, pinned_domains, solve_ddo)
-from autoscale_jax.mixing.powerlaw import (DegenerateFitWarning, PowerLaw, bootstrap_fits,
-                                           fit_power_law)
+from autoscale_jax.mixing.ddo import (
+                                      DDOProblem,
+                                      Perturbation,
+                                      ddo_weights,
+                                      fit_domains,
+                                      perturbation_plan,
+                                      pinned_domains,
+                                      solve_ddo,
+)
+from autoscale_jax.mixing.powerlaw import (
+                                      DegenerateFitWarning,
+                                      PowerLaw,
+                                      bootstrap_fits,
+                                      fit_power_law,
+)
 
 __all__ = [
     'AutoScaleModel', 'DDOProblem', 'DegenerateFitWarning', 'Perturbation', 'PowerLaw',

@@ -177,7 +177,8 @@ def _check_points(x: np.ndarray, ys: np.ndarray, w: np.ndarray) -> None:
 
 
 def _convex(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> bool:
-  """Whether the secant slopes of the points (replicates averaged) increase, as a convex law's do."""
+  """Whether the secant slopes of the points (replicates averaged) increase, as a convex law's
+  do."""
   keep = w > 0
   ux, inverse = np.unique(x[keep], return_inverse=True)
   uy = np.bincount(inverse, w[keep] * y[keep]) / np.bincount(inverse, w[keep])

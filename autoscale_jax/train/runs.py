@@ -26,15 +26,10 @@ from absl import logging
 from etils import epath
 
 from autoscale_jax import lead
-from autoscale_jax.data import loader as loader_lib
-from autoscale_jax.data import mixture
+from autoscale_jax.data import loader as loader_lib, mixture
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.models import build_model
-from autoscale_jax.train import loop
-from autoscale_jax.train import mesh as mesh_lib
-from autoscale_jax.train import memory
-from autoscale_jax.train import metrics as metrics_lib
-from autoscale_jax.train import optim
+from autoscale_jax.train import loop, memory, mesh as mesh_lib, metrics as metrics_lib, optim
 from autoscale_jax.train.checkpoint import Checkpointer
 from autoscale_jax.train.stacked import StackedTrainer
 from autoscale_jax.train.trainer import Trainer, check_batch, objective, run_key

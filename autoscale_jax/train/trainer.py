@@ -23,8 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.models import ModelSpec
-from autoscale_jax.train import mesh as mesh_lib
-from autoscale_jax.train import optim
+from autoscale_jax.train import mesh as mesh_lib, optim
 
 Batch = dict[str, jax.Array]
 
