@@ -17,6 +17,7 @@ from autoscale_jax.configs import gpt2_large, tiny
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import PowerLaw
 from autoscale_jax.pipeline import plan, validate
+from test_config_fields import missing_reads
 
 # Three demo domains: 7 DDO runs per budget, 3 validation runs (predicted + 2 baselines).
 CONFIG_FILE = '''
@@ -113,7 +114,9 @@ def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
 
   # The reference: one uninterrupted pipeline.
   reference = tmp_path / 'reference'
-  pipeline.dispatch(config, str(reference))
+  with missing_reads() as missing:  # and every config field it reads is defined
+    pipeline.dispatch(config, str(reference))
+  assert not missing, f'the pipeline read undefined config fields {missing}'
 
   # The same pipeline, SIGKILLed in the middle of the first DDO budget (three runs done when
   # they run one after another, a checkpoint written when they are stacked) and again during a

@@ -67,7 +67,7 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str) -> None:
   mode = config.mode
   if mode not in MODES:
     raise ConfigError(f"config.mode is '{mode}'; use one of {' | '.join(MODES)}.")
-  if config.get('dry_run', False):
+  if config.dry_run:
     plan.dry_run(config)
     return
   workdir = epath.Path(workdir)
