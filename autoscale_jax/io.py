@@ -1,10 +1,25 @@
-"""Atomic writes through etils.epath (local or gs://): readers see the old file or the new one,
-never a partial one, so a kill at any moment leaves the workdir consistent."""
+"""Workdir files through etils.epath (local or gs://).
 
+Writes are atomic: readers see the old file or the new one, never a partial one, so a kill at
+any moment leaves the workdir consistent. `check_workdir` turns a workdir that cannot be used
+into one sentence before anything runs; `one_writer` says which process writes a folder that
+several processes of a job prepare (see its docstring for the rule).
+"""
+
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 
+import jax
+import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
+
+from autoscale_jax.errors import UserError
+
+# The filesystem package epath needs for each remote scheme (and a core dependency of ours).
+_PACKAGES = {'gs': 'gcsfs'}
 
 
 def temp_name(path: epath.Path) -> epath.Path:
@@ -26,3 +41,71 @@ def write_text_atomic(path: epath.PathLike, text: str) -> None:
 
 def write_json_atomic(path: epath.PathLike, obj) -> None:
   write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+
+
+@contextlib.contextmanager
+def filesystem_of(path: epath.PathLike, field: str) -> Iterator[None]:
+  """Turns a missing filesystem package for a remote path (gcsfs for gs://) into one sentence
+  naming `field`, the setting that holds the path."""
+  try:
+    yield
+  except ImportError as e:
+    scheme = str(path).partition('://')[0]
+    if scheme not in _PACKAGES:
+      raise
+    package = _PACKAGES[scheme]
+    raise UserError(f'{field}={str(path)!r} needs the {package} package for {scheme}:// paths, '
+                    f'which failed to import ({e}); pip install {package}.') from None
+
+
+def check_workdir(path: str) -> epath.Path:
+  """The workdir, created if missing and checked writable (a probe file is written and removed,
+  nothing else is touched): a workdir that cannot be used fails here, in one sentence."""
+  workdir = epath.Path(path)
+  with filesystem_of(path, '--workdir'):
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      probe = temp_name(workdir / 'probe')
+      probe.write_bytes(b'')
+      probe.unlink()
+    except ImportError:
+      raise  # filesystem_of names the missing package
+    except Exception as e:  # pylint: disable=broad-except  # OS, permission and cloud errors alike
+      raise UserError(f'--workdir={path!r} cannot be created or written ({type(e).__name__}: '
+                      f'{str(e).splitlines()[0] if str(e) else "no detail"}); choose a writable '
+                      'location (a local folder or gs://bucket/path) or fix its '
+                      'permissions.') from None
+  return workdir
+
+
+@contextlib.contextmanager
+def one_writer(folder: epath.Path, what: str) -> Iterator[bool]:
+  """Yields whether this process writes `folder`'s files; every process must enter it, in the
+  same order, and leaves it once the writers are done.
+
+  The rule, for files a job's processes all need (the tokenizer, the token stores): a folder on
+  storage every process sees (gs://, NFS) is written by process 0 alone while the others wait
+  and then read what it wrote; a folder on node-local disks (each host its own copy, e.g.
+  config.data.cache_dir on a local SSD) is written by every process that does not see process
+  0's copy, each into its own disk (one process per host; processes sharing a disk with one
+  another but not with process 0 write identical files atomically, which is wasted work, not a
+  conflict). To tell the two apart, process 0 writes a marker named by a fresh random token
+  into the folder and every process checks whether it sees it.
+  """
+  if jax.process_count() == 1:
+    yield True
+    return
+  token = int(multihost_utils.broadcast_one_to_all(
+      np.int32(np.random.default_rng().integers(2**31)) if jax.process_index() == 0
+      else np.int32(0)))
+  marker = folder / f'.shared-check-{token:08x}'
+  if jax.process_index() == 0:
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_bytes(b'')
+  multihost_utils.sync_global_devices(f'{what}: marker written')
+  writes = jax.process_index() == 0 or not marker.exists()
+  multihost_utils.sync_global_devices(f'{what}: marker checked')
+  if jax.process_index() == 0:
+    marker.unlink()
+  yield writes
+  multihost_utils.sync_global_devices(f'{what}: written')

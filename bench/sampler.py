@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 import train_throughput  # noqa: E402
+from autoscale_jax import models  # noqa: E402
 from autoscale_jax.data import mixture  # noqa: E402
 from autoscale_jax.data.loader import Loader  # noqa: E402
 from autoscale_jax.data.store import DomainStore  # noqa: E402
@@ -65,7 +66,7 @@ CONFIGS = {
 def make_stores(cfg: Config, folder: str) -> dict[str, DomainStore]:
   """uint16 token stores of random rows on local disk, memmapped like prepared ones."""
   rng = np.random.default_rng(0)
-  row_len = cfg.model.seq + 1
+  row_len = models.row_len('gpt2', cfg.model.seq)
   stores = {}
   for d in range(cfg.domains):
     path = os.path.join(folder, f'd{d}.bin')

@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 
 from autoscale_jax.configs import tiny
-from autoscale_jax.data import sources
+from autoscale_jax.data import sources, store, tokenizer
+from autoscale_jax.models import row_len
 
 
 def domain(name: str, source: str, text_key: str = 'text', **extra) -> ml_collections.ConfigDict:
@@ -25,6 +26,17 @@ def config(*domains, family: str = 'gpt2', kind: str = 'gpt2', seq_len: int = 16
   c.data.tokenizer.kind, c.data.tokenizer.vocab_size = kind, vocab_size
   c.data.tokenizer.train_chars = train_chars
   return c
+
+
+def prepare(c: ml_collections.ConfigDict, workdir) -> dict[str, store.DomainStore]:
+  """store.prepare as the pipeline calls it for the whole config c."""
+  family = c.model.family
+  return store.prepare(c.data, workdir, family=family, row_len=row_len(family, c.data.seq_len))
+
+
+def get_tokenizer(c: ml_collections.ConfigDict, workdir) -> tokenizer.Tokenizer:
+  """tokenizer.get_tokenizer as the pipeline calls it for the whole config c."""
+  return tokenizer.get_tokenizer(c.data, workdir, family=c.model.family)
 
 
 def news(n: int) -> list[str]:

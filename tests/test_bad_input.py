@@ -7,12 +7,14 @@ config starts as kill_harness.config() (configs/tiny.py with small data), and th
 a prepared copy of that data (tokenizer, token stores) plus a marker file. Each case runs
 pipeline.dispatch(config, workdir) in this process and must raise a UserError subclass whose
 message is one line, ends with '.', and matches the regex. CLI_CASES run the real command line
-and check exit status 2, one `error: ...` line on stderr and no traceback.
+and check exit status 2, one `error: ...` line on stderr and no traceback; their last field names
+packages the command must run without (as if not installed).
 """
 
 import hashlib
 import json
 import math
+import os
 import pathlib
 import re
 import shutil
@@ -157,6 +159,9 @@ CASES = [
      r"config\.model\.size is 'huge'; gpt2 sizes are"),
     ('model_override_unknown', _set(model__overrides__num_experts=8),
      r"config\.model\.overrides has a field the gpt2 config does not know"),
+    ('model_layers_not_positive', _set(model__overrides__num_layers=0),
+     r'config\.model: GPT2Config\.num_layers=0 must be a whole number >= 1; fix it in '
+     r'config\.model\.overrides'),
     ('model_heads_do_not_divide', _set(model__overrides__num_heads=3),
      r'config\.model: GPT2Config\.d_model=128 must be divisible by num_heads=3'),
     ('seq_len_above_context', _set(model__overrides__max_len=16),
@@ -214,7 +219,8 @@ CASES = [
     ('validate_target_not_predicted', _set(mode='autoscale', validate__targets=(99_999,)),
      r'config\.validate\.targets \[99999\] are not among config\.predict\.targets'),
     ('validate_baseline_named_predicted',
-     _set(mode='autoscale', validate__baselines=ml_collections.ConfigDict({'predicted': 'natural'})),
+     _set(mode='autoscale',
+          validate__baselines=ml_collections.ConfigDict({'predicted': 'natural'})),
      r"config\.validate\.baselines may not be named 'predicted'"),
     ('predict_without_ddo_results', _set(mode='predict'),
      r'no DDO result for budget\(s\) \[8192, 16384\] in .*; run --config\.mode=ddo'),
@@ -260,21 +266,47 @@ def test_bad_input_gets_one_clear_sentence(setup, pattern, prepared, tmp_path):
 
 CLI_CASES = [
     ('cli_weights_keyword', ['--config.train.weights=equal'],
-     r"config\.train\.weights is 'equal'; use 'uniform', 'natural'"),
-    ('cli_mesh', ['--config.mesh.data=3'], r'multiplies to 3 but there are 8 devices'),
-    ('cli_model_family', ['--config.model.family=llama'], r"config\.model\.family is 'llama'"),
+     r"config\.train\.weights is 'equal'; use 'uniform', 'natural'", ()),
+    ('cli_mesh', ['--config.mesh.data=3'], r'multiplies to 3 but there are 8 devices', ()),
+    ('cli_model_family', ['--config.model.family=llama'], r"config\.model\.family is 'llama'",
+     ()),
+    ('cli_model_dropout', ['--config.model.dropout=2.0'],
+     r'config\.model: GPT2Config\.dropout=2\.0 must be in \[0, 1\).*set config\.model\.dropout',
+     ()),
+    # The later --workdir flag wins over the prepared one kill_harness.command passes.
+    ('cli_workdir_cannot_be_created', ['--workdir=/proc/x'],
+     r"--workdir='/proc/x' cannot be created or written \(FileNotFoundError: .*\); choose a "
+     r'writable location', ()),
+    ('cli_gs_workdir_without_gcsfs', ['--workdir=gs://bucket/wd'],
+     r"--workdir='gs://bucket/wd' needs the gcsfs package for gs:// paths.*; pip install gcsfs",
+     ('gcsfs',)),
+    ('cli_tfds_source_without_tfds', ['--config.data.domains[0].source=tfds:wikipedia'],
+     r"Domain 'code': source tfds:wikipedia needs TensorFlow Datasets.*; pip install "
+     r'"autoscale_jax\[tfds\]"', ('tensorflow_datasets',)),
 ]
 
 
-@pytest.mark.parametrize('flags,pattern', [c[1:] for c in CLI_CASES],
+def _without(packages, folder: pathlib.Path) -> dict[str, str]:
+  """kill_harness.env() in which importing `packages` fails as if they were not installed."""
+  env = kill_harness.env()
+  for package in packages:
+    (folder / package).mkdir(parents=True)
+    (folder / package / '__init__.py').write_text(
+        'raise ModuleNotFoundError(f"No module named {__name__!r}", name=__name__)\n')
+  env['PYTHONPATH'] = os.pathsep.join((str(folder), env['PYTHONPATH']))
+  return env
+
+
+@pytest.mark.parametrize('flags,pattern,without', [c[1:] for c in CLI_CASES],
                          ids=[c[0] for c in CLI_CASES])
-def test_bad_input_on_the_command_line_exits_2_without_traceback(flags, pattern, prepared,
-                                                                 tmp_path):
+def test_bad_input_on_the_command_line_exits_2_without_traceback(flags, pattern, without,
+                                                                 prepared, tmp_path):
   workdir = tmp_path / 'work'
   shutil.copytree(prepared, workdir)
   before = _snapshot(workdir)
-  proc = subprocess.run(kill_harness.command(workdir, *flags), env=kill_harness.env(),
-                        cwd=kill_harness.ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(kill_harness.command(workdir, *flags),
+                        env=_without(without, tmp_path / 'hidden'), cwd=kill_harness.ROOT,
+                        capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr + proc.stdout
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]

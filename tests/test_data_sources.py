@@ -37,6 +37,24 @@ def test_jsonl_gz_and_parquet_domains(tmp_path):
   assert got == DOCS[2:]
 
 
+def test_read_says_how_far_through_the_source_each_document_ends(tmp_path):
+  """Bytes of the files for files: sources (the tokenizing bar's unit), else documents."""
+  write_jsonl(tmp_path / 'a.jsonl', DOCS[:2])
+  with gzip.open(tmp_path / 'b.jsonl.gz', 'wt') as f:
+    f.write(''.join(json.dumps({'text': d}) + '\n' for d in DOCS[2:4]))
+  pq.write_table(pa.table({'text': DOCS[4:]}), tmp_path / 'c.parquet')
+  sizes = [(tmp_path / n).stat().st_size for n in ('a.jsonl', 'b.jsonl.gz', 'c.parquet')]
+  docs, total, unit = sources.read(domain('m', f'files:{tmp_path}/[abc].*'))
+  docs = list(docs)
+  assert [d for d, _ in docs] == DOCS and (total, unit) == (sum(sizes), 'B')
+  done = [n for _, n in docs]
+  assert done == sorted(done) and done[1] == sizes[0] and done[-1] == total
+  docs, total, unit = sources.read(domain('m', f'files:{tmp_path}/[abc].*'), max_docs=3)
+  assert [n for _, n in docs] == [1, 2, 3] and (total, unit) == (3, 'docs')
+  docs, total, unit = sources.read(domain('n', 'demo:plays'))
+  assert (total, unit) == (len(list(docs)), 'docs')
+
+
 def test_fingerprint_changes_with_the_files(tmp_path):
   write_jsonl(tmp_path / 'a.jsonl', DOCS[:2])
   d = domain('j', f'files:{tmp_path}/*.jsonl')

@@ -9,8 +9,8 @@ import pytest
 import tokenizers
 from etils import epath
 
-from autoscale_jax.data import DataError, store, tokenizer
-from data_helpers import config, domain, news
+from autoscale_jax.data import DataError
+from data_helpers import config, domain, get_tokenizer, news, prepare
 
 DOCS = news(12)
 
@@ -24,8 +24,8 @@ def fixture_jsonl(tmp_path):
 
 def test_gpt2_rows_overlap_by_one_token_and_validation_comes_first(tmp_path, jsonl):
   c = config(jsonl, kind='gpt2', seq_len=16, val_sequences=3)
-  s = store.prepare(c, tmp_path)['news']
-  ids = [d + [50256] for d in tokenizer.get_tokenizer(c, tmp_path).encode_batch(DOCS)]
+  s = prepare(c, tmp_path)['news']
+  ids = [d + [50256] for d in get_tokenizer(c, tmp_path).encode_batch(DOCS)]
   stream = np.concatenate(ids)
   np.testing.assert_array_equal(s.val, [stream[r * 16:r * 16 + 17] for r in range(3)])
   used = np.searchsorted(np.cumsum([len(d) for d in ids]), 3 * 16 + 1) + 1  # docs validation needs
@@ -42,8 +42,8 @@ def test_gpt2_rows_overlap_by_one_token_and_validation_comes_first(tmp_path, jso
 def test_bert_rows_are_cls_chunk_sep_padded(tmp_path, jsonl):
   c = config(jsonl, family='bert', kind='train_wordpiece', seq_len=16, val_sequences=2,
              vocab_size=400)
-  s = store.prepare(c, tmp_path)['news']
-  tok = tokenizer.get_tokenizer(c, tmp_path)
+  s = prepare(c, tmp_path)['news']
+  tok = get_tokenizer(c, tmp_path)
   sp = tok.special_ids
   rows = np.concatenate([s.val, s.train])
   assert (rows[:, 0] == sp['cls']).all() and rows.shape[1] == 16
@@ -67,7 +67,7 @@ def test_uint32_rows_when_the_vocab_does_not_fit_uint16(tmp_path, jsonl):
     (tmp_path / f'big{part}.txt').write_text(' '.join(f'w{i}' for i in words))
   c = config(domain('big', f'files:{tmp_path}/big*.txt'), kind='file', seq_len=8)
   c.data.tokenizer.path = str(tmp_path / 'big.json')
-  s = store.prepare(c, tmp_path)['big']
+  s = prepare(c, tmp_path)['big']
   assert s.train.dtype == np.uint32
   np.testing.assert_array_equal(s.val[0], np.arange(69_001, 69_010))
   np.testing.assert_array_equal(s.train[0], np.arange(69_101, 69_110))
@@ -76,17 +76,17 @@ def test_uint32_rows_when_the_vocab_does_not_fit_uint16(tmp_path, jsonl):
 def test_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path, jsonl, capsys):
   c = config(jsonl, kind='train_bpe', seq_len=16, val_sequences=2, vocab_size=300)
   train_bin = tmp_path / 'data' / 'news' / 'train.bin'
-  first = store.prepare(c, tmp_path)['news']
+  first = prepare(c, tmp_path)['news']
   mtime = train_bin.stat().st_mtime_ns
   capsys.readouterr()
-  again = store.prepare(c, tmp_path)['news']
+  again = prepare(c, tmp_path)['news']
   assert 'documents in' not in capsys.readouterr().out and train_bin.stat().st_mtime_ns == mtime
   assert again.meta == first.meta
   np.testing.assert_array_equal(again.train, first.train)
 
   def rebuilt():
     before = train_bin.stat().st_mtime_ns
-    s = store.prepare(c, tmp_path)['news']
+    s = prepare(c, tmp_path)['news']
     assert train_bin.stat().st_mtime_ns != before
     return s
 
@@ -101,25 +101,25 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path, jsonl, capsys)
 
 
 def test_validation_does_not_depend_on_how_much_training_data_follows(tmp_path, jsonl):
-  small = store.prepare(config(jsonl, max_docs=6), tmp_path / 'a')['news']
-  large = store.prepare(config(jsonl, max_docs=10), tmp_path / 'b')['news']
+  small = prepare(config(jsonl, max_docs=6), tmp_path / 'a')['news']
+  large = prepare(config(jsonl, max_docs=10), tmp_path / 'b')['news']
   np.testing.assert_array_equal(small.val, large.val)
   assert small.meta['documents'] == 6 and large.train.shape[0] > small.train.shape[0]
 
 
 def test_user_errors(tmp_path, jsonl):
   with pytest.raises(DataError, match="Domain 'news' .* needs 500 validation sequences"):
-    store.prepare(config(jsonl, val_sequences=500, max_docs=2), tmp_path)
+    prepare(config(jsonl, val_sequences=500, max_docs=2), tmp_path)
   with pytest.raises(DataError, match="kind='train_bpe' has no .*use train_wordpiece for bert"):
-    store.prepare(config(jsonl, family='bert', kind='train_bpe'), tmp_path)
+    prepare(config(jsonl, family='bert', kind='train_bpe'), tmp_path)
   with pytest.raises(DataError, match='val_sequences=0'):
-    store.prepare(config(jsonl, val_sequences=0), tmp_path)
+    prepare(config(jsonl, val_sequences=0), tmp_path)
 
 
 def test_demo_corpus_prepares_and_prints_the_table(tmp_path, capsys):
   c = config(*(domain(n, f'demo:{n}') for n in ('code', 'speeches', 'plays', 'news')),
              kind='train_bpe', seq_len=32, max_docs=2, vocab_size=300, train_chars=20_000)
-  stores = store.prepare(c, tmp_path)
+  stores = prepare(c, tmp_path)
   assert list(stores) == ['code', 'speeches', 'plays', 'news']
   out = capsys.readouterr().out
   assert 'documents/s' in out and 'tokens/s' in out
@@ -147,8 +147,8 @@ def test_remote_workdir_cache_and_source(tmp_path, monkeypatch):
   c = config(domain('news', 'files:gs://src/*.jsonl'), kind='train_bpe')
   c.data.cache_dir = 'gs://cache'
   with epath.testing.mock_epath(**{op: redirect for op in ops}):
-    remote = store.prepare(c, 'gs://work')['news']
-  local = store.prepare(config(domain('news', f'files:{bucket}/src/*.jsonl'), kind='train_bpe'),
+    remote = prepare(c, 'gs://work')['news']
+  local = prepare(config(domain('news', f'files:{bucket}/src/*.jsonl'), kind='train_bpe'),
                         tmp_path / 'w')['news']
   np.testing.assert_array_equal(remote.train, local.train)
   assert (bucket / 'cache' / 'news' / 'meta.json').exists()

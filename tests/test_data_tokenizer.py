@@ -5,7 +5,7 @@ import json
 import pytest
 
 from autoscale_jax.data import DataError, tokenizer
-from data_helpers import config, domain, news
+from data_helpers import config, domain, get_tokenizer, news
 
 
 @pytest.fixture(name='corpus')
@@ -19,46 +19,46 @@ def fixture_corpus(tmp_path):
 
 
 def test_gpt2_real_ids_offline(tmp_path):
-  tok = tokenizer.get_tokenizer(config(kind='gpt2'), tmp_path)
+  tok = get_tokenizer(config(kind='gpt2'), tmp_path)
   assert tok.encode_batch(['Hello world', '']) == [[15496, 995], []]
   assert (tok.vocab_size, tok.eos_id) == (50257, 50256)
   assert 50256 not in tok.encode_batch(['a literal <|endoftext|> is text'])[0]
-  assert tok.hash == tokenizer.get_tokenizer(config(kind='gpt2'), tmp_path).hash
+  assert tok.hash == get_tokenizer(config(kind='gpt2'), tmp_path).hash
 
 
 def test_trained_bpe_is_saved_reused_and_never_sees_validation(tmp_path, corpus):
   c = config(*corpus, kind='train_bpe', vocab_size=400, seq_len=16, val_sequences=2)
-  tok = tokenizer.get_tokenizer(c, tmp_path / 'w')
+  tok = get_tokenizer(c, tmp_path / 'w')
   saved = tmp_path / 'w' / 'tokenizer' / 'tokenizer.json'
   assert saved.exists() and tok.vocab_size == 400 and tok.special_ids == {'eos': 0}
   mtime = saved.stat().st_mtime_ns
-  assert tokenizer.get_tokenizer(c, tmp_path / 'w').hash == tok.hash
+  assert get_tokenizer(c, tmp_path / 'w').hash == tok.hash
   assert saved.stat().st_mtime_ns == mtime  # reused, not retrained
   # The marker only occurs in each domain's first (validation) document: had the tokenizer seen
   # it 300 times, BPE would have merged it into a few tokens.
   assert len(tok.encode_batch(['azqxvalidation'])[0]) > 6
-  first = [next(iter(tokenizer.training_documents(c, d))) for d in corpus]
+  first = [next(iter(tokenizer.training_documents(c.data, d, family='gpt2'))) for d in corpus]
   assert not any('zqx' in f for f in first)
   c.data.tokenizer.vocab_size = 420
-  assert tokenizer.get_tokenizer(c, tmp_path / 'w').vocab_size == 420  # new spec: retrained
+  assert get_tokenizer(c, tmp_path / 'w').vocab_size == 420  # new spec: retrained
 
 
 def test_trained_wordpiece_has_bert_specials(tmp_path, corpus):
   c = config(*corpus, family='bert', kind='train_wordpiece', vocab_size=500)
-  tok = tokenizer.get_tokenizer(c, tmp_path)
+  tok = get_tokenizer(c, tmp_path)
   assert set(tok.special_ids) == {'pad', 'unk', 'cls', 'sep', 'mask'}
   assert tok.eos_id is None
   assert all(tok.encode_batch(['The government said on Monday.'])[0])
 
 
 def test_file_tokenizer_and_errors(tmp_path, corpus):
-  trained = tokenizer.get_tokenizer(config(*corpus, kind='train_bpe'), tmp_path)
+  trained = get_tokenizer(config(*corpus, kind='train_bpe'), tmp_path)
   c = config(kind='file')
   c.data.tokenizer.path = str(tmp_path / 'tokenizer' / 'tokenizer.json')
-  assert tokenizer.get_tokenizer(c, tmp_path / 'other').hash == trained.hash
+  assert get_tokenizer(c, tmp_path / 'other').hash == trained.hash
   c.data.tokenizer.path = str(tmp_path / 'missing.json')
   with pytest.raises(DataError, match='config.data.tokenizer.path'):
-    tokenizer.get_tokenizer(c, tmp_path)
+    get_tokenizer(c, tmp_path)
   c.data.tokenizer.kind = 'sentencepiece'
   with pytest.raises(DataError, match='config.data.tokenizer.kind'):
-    tokenizer.get_tokenizer(c, tmp_path)
+    get_tokenizer(c, tmp_path)

@@ -11,20 +11,28 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from autoscale_jax.data import DataError, loader, mixture, store
-from data_helpers import BATCH, COUNTS, SEED, RecordingRows, loader_config, write_loader_corpus
+from data_helpers import (
+  BATCH,
+  COUNTS,
+  SEED,
+  RecordingRows,
+  loader_config,
+  prepare,
+  write_loader_corpus,
+)
 
 
 @pytest.fixture(scope='module', name='workdir')
 def fixture_workdir(tmp_path_factory):
   root = tmp_path_factory.mktemp('loader')
   write_loader_corpus(root)
-  store.prepare(loader_config(root), root)
+  prepare(loader_config(root), root)
   return root
 
 
 @pytest.fixture(name='stores')
 def fixture_stores(workdir):
-  return store.prepare(loader_config(workdir), workdir)
+  return prepare(loader_config(workdir), workdir)
 
 
 def sharding(shape=(4, 2), axes=('data', 'fsdp'), batch_axes=('data', 'fsdp')):
@@ -143,6 +151,14 @@ def test_two_processes_each_load_only_their_slice_and_share_a_tokenizer(workdir,
       np.testing.assert_array_equal(o[k], np.stack([b[k] for b in single]))
       np.testing.assert_array_equal(o[f'val_{k}'], np.stack([b[k] for b in single_val]))
   assert out[0]['tokenizer_hash'] == out[1]['tokenizer_hash']  # trained once, on process 0
+  for k in ('rows_own', 'rows_shared'):
+    np.testing.assert_array_equal(out[0][k], out[1][k])
+  # One writer where both processes see the files, one per process where each has its own; only
+  # process 0 prints.
+  assert [bool(o['writes_shared']) for o in out] == [True, False]
+  assert [bool(o['writes_own']) for o in out] == [True, True]
+  assert (workdir / 'own1' / 'data' / 'w' / 'meta.json').exists()
+  assert 'documents in' in logs[0] and 'documents in' not in logs[1]
   slots = [set(o['slots'].tolist()) for o in out]
   assert slots[0].isdisjoint(slots[1]) and slots[0] | slots[1] == set(range(BATCH))
   assert slots[0] != set(range(BATCH // 2))  # non-contiguous slices, by construction

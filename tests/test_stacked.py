@@ -20,6 +20,7 @@ from autoscale_jax import defaults  # noqa: E402
 from autoscale_jax.configs import tiny
 from autoscale_jax.data.store import DomainStore  # noqa: E402
 from autoscale_jax.errors import ConfigError  # noqa: E402
+from autoscale_jax.models import row_len
 from autoscale_jax.train import (  # noqa: E402
   memory,
   mesh as mesh_lib,  # noqa: E402
@@ -29,6 +30,7 @@ from autoscale_jax.train import (  # noqa: E402
 from autoscale_jax.train.checkpoint import Checkpointer  # noqa: E402
 
 VOCAB, SEQ, BATCH = 512, 32, 16
+ROW = row_len('gpt2', SEQ)  # tokens per stored row of the tiny GPT-2
 DOMAINS = ('a', 'b', 'c')
 # Run lengths 8, 6, 13 and 6 steps of 16 sequences (the third's last batch is padded).
 COUNTS = [np.array(c) for c in ([40, 40, 40], [8, 40, 40], [120, 40, 40], [40, 40, 8])]
@@ -47,8 +49,8 @@ def make_stores() -> dict[str, DomainStore]:
     order = rng.permutation(VOCAB)
 
     def rows(n, rng=rng, p=p / p.sum(), order=order):
-      return order[rng.choice(VOCAB, size=(n, SEQ + 1), p=p)].astype(np.uint16)
-    stores[name] = DomainStore(name, rows(300), rows(8), {'row_len': SEQ + 1})
+      return order[rng.choice(VOCAB, size=(n, ROW), p=p)].astype(np.uint16)
+    stores[name] = DomainStore(name, rows(300), rows(8), {'row_len': ROW})
   return stores
 
 

@@ -10,14 +10,18 @@ optional)}. Sources:
                tfrecord datasets need TensorFlow installed.
   demo:NAME    the built-in corpus (see DEMO): pip-installed real text, no network.
 Documents come out in a fixed order, so the validation split (the first documents) is stable.
+`read` also says how far through its source each document ends (bytes of the files, or documents
+where a source counts them), for the tokenizing progress bar.
 """
 
+import dataclasses
 import glob
 import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
 import io
+import itertools
 import json
 import os
 import pathlib
@@ -30,6 +34,7 @@ import pyarrow.parquet as pq
 from etils import epath
 
 from autoscale_jax.data import DataError
+from autoscale_jax.io import filesystem_of
 
 # demo name -> (pip package or None for the standard library, its folder, file suffix, licence).
 DEMO = {
@@ -49,14 +54,10 @@ def _decode(value: Any) -> str:
   return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
 
 
-def check_config(config: Any) -> None:
-  """The data settings every later step relies on: distinct named domains, a known model family
-  (it decides the row layout), checked before anything is read, trained or written."""
-  if config.model.family not in ('bert', 'gpt2'):
-    raise DataError(f"config.model.family is '{config.model.family}'; use one of "
-                    "['bert', 'gpt2'].")
+def check_config(data_cfg: Any) -> None:
+  """Distinct named domains with a source, checked before anything is read, trained or written."""
   seen = set()
-  for i, d in enumerate(config.data.domains):
+  for i, d in enumerate(data_cfg.domains):
     name, source = d.get('name'), d.get('source')
     if not name or not source:
       raise DataError(f'config.data.domains[{i}] needs a name and a source (files:GLOB, '
@@ -81,7 +82,8 @@ def _glob_files(name: str, pattern: str) -> list[epath.Path]:
   if '://' in pattern:  # remote (gs://...): glob below the longest wildcard-free prefix
     parts = pattern.split('/')
     fixed = next(i for i, p in enumerate(parts + ['*']) if any(c in p for c in '*?['))
-    paths = list(epath.Path('/'.join(parts[:fixed])).glob('/'.join(parts[fixed:])))
+    with filesystem_of(pattern, f'the source of domain {name!r}'):
+      paths = list(epath.Path('/'.join(parts[:fixed])).glob('/'.join(parts[fixed:])))
   else:
     paths = [epath.Path(p) for p in glob.glob(pattern, recursive=True)]
   paths = sorted((p for p in paths if p.is_file()), key=str)
@@ -91,19 +93,20 @@ def _glob_files(name: str, pattern: str) -> list[epath.Path]:
   return paths
 
 
-def _read_file(path: epath.Path, name: str, text_key: str) -> Iterator[str]:
-  """Documents of one file, streamed (a large jsonl never sits in memory whole)."""
+def _read_file(path: epath.Path, size: int, name: str, text_key: str) -> Iterator[tuple[str, int]]:
+  """Documents of one file, streamed (a large jsonl never sits in memory whole), each with the
+  bytes of the file read so far."""
   kind = path.name.lower().removesuffix('.gz')
   if not kind.endswith(('.txt', '.jsonl', '.parquet')):
     raise DataError(f'Domain {name!r}: {path} is not .txt, .jsonl (optionally .gz) or .parquet; '
                     'narrow the domain\'s source glob to supported files.')
-  if path.stat().length == 0:
+  if size == 0:
     raise DataError(f'Domain {name!r}: {path} is empty; remove it or fix the domain\'s source '
                     'glob.')
   with path.open('rb') as raw:
     f = gzip.open(raw) if path.name.lower().endswith('.gz') else raw
     if kind.endswith('.txt'):
-      yield f.read().decode('utf-8', errors='replace')
+      yield f.read().decode('utf-8', errors='replace'), size
     elif kind.endswith('.jsonl'):
       for line_no, line in enumerate(io.TextIOWrapper(f, 'utf-8', errors='replace'), 1):
         if line.strip():
@@ -112,18 +115,26 @@ def _read_file(path: epath.Path, name: str, text_key: str) -> Iterator[str]:
           except json.JSONDecodeError as e:
             raise DataError(f'Domain {name!r}: {path} line {line_no} is not valid JSON '
                             f'({e.msg} at column {e.colno}); fix or remove that line.') from None
-          yield _get_text(record, text_key, name, f'{path} line {line_no}')
+          yield _get_text(record, text_key, name, f'{path} line {line_no}'), raw.tell()
     else:
       pf = pq.ParquetFile(f)
       if text_key not in pf.schema_arrow.names:
         raise DataError(f'Domain {name!r}: {path} has no column text_key={text_key!r} (columns: '
                         f'{pf.schema_arrow.names}); set the domain\'s text_key.')
+      rows, seen = max(pf.metadata.num_rows, 1), 0
       for batch in pf.iter_batches(columns=[text_key], batch_size=1024):
-        yield from (_decode(v) for v in batch.column(0).to_pylist() if v is not None)
+        seen += batch.num_rows
+        yield from ((_decode(v), size * seen // rows) for v in batch.column(0).to_pylist()
+                    if v is not None)
 
 
 def _tfds_builder(name: str, spec: str, data_dir: str | None):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise DataError(f'Domain {name!r}: source tfds:{spec} needs TensorFlow Datasets, an optional '
+                    'extra; pip install "autoscale_jax[tfds]" (pip install -e ".[tfds]" in a '
+                    'checkout).') from None
   dataset, _, split = spec.partition(':')
   try:
     builder = tfds.builder(dataset, data_dir=data_dir)
@@ -155,7 +166,7 @@ def _read_tfds(name: str, spec: str, data_dir: str | None, text_key: str) -> Ite
     records = (r for start in range(0, len(source), 256)
                for r in source.__getitems__(range(start, min(start + 256, len(source)))))
   for index, record in enumerate(records):
-    yield _get_text(record, text_key, name, f'tfds:{spec} record {index}')
+    yield _get_text(record, text_key, name, f'tfds:{spec} record {index}'), index + 1
 
 
 def _demo_files(name: str, demo: str) -> tuple[list[pathlib.Path], list[str], str]:
@@ -183,45 +194,76 @@ def _demo_files(name: str, demo: str) -> tuple[list[pathlib.Path], list[str], st
   return [root / n for n in names], names, version
 
 
-def _documents(domain_cfg: Mapping[str, Any]) -> tuple[Callable[[], Iterable[str]], str]:
-  """(a function opening the document stream, a description of the data for fingerprinting)."""
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """A domain's data: `open()` streams (document, how far through the source it ends)."""
+  open: Callable[[], Iterable[tuple[str, int]]]
+  described: str  # the data's identity, for the fingerprint
+  total: int  # the source's size in `unit`
+  unit: str  # 'B' (bytes of the files) or 'docs'
+
+
+def _documents(domain_cfg: Mapping[str, Any]) -> _Source:
   name, source = domain_cfg['name'], str(domain_cfg['source'])
   text_key = domain_cfg.get('text_key') or 'text'
   kind, _, rest = source.partition(':')
   if kind == 'files':
     files = _glob_files(name, rest)
     stats = [(str(p), p.stat().length, p.stat().mtime) for p in files]
-    return (lambda: (d for p in files for d in _read_file(p, name, text_key))), repr(stats)
+    starts = list(itertools.accumulate((size for _, size, _ in stats), initial=0))
+
+    def read_files():
+      for path, start, (_, size, _) in zip(files, starts, stats):
+        yield from ((d, start + n) for d, n in _read_file(path, size, name, text_key))
+    return _Source(read_files, repr(stats), starts[-1], 'B')
   if kind == 'tfds':
-    data_dir = domain_cfg.get('data_dir')
+    data_dir = domain_cfg.get('data_dir') or None
     builder, split = _tfds_builder(name, rest, data_dir)
-    info = (str(builder.data_dir), split, builder.info.splits[split].num_examples,
+    examples = builder.info.splits[split].num_examples
+    info = (str(builder.data_dir), split, examples,
             (epath.Path(builder.data_dir) / 'dataset_info.json').read_text())
-    return (lambda: _read_tfds(name, rest, data_dir, text_key)), repr(info)
+    return _Source(lambda: _read_tfds(name, rest, data_dir, text_key), repr(info), examples,
+                   'docs')
   if kind == 'demo':
     files, names, version = _demo_files(name, rest)
     stats = (version, [(n, p.stat().st_size) for n, p in zip(names, files)])
-    return (lambda: (p.read_text(encoding='utf-8', errors='replace') for p in files)), repr(stats)
+    return _Source(lambda: ((p.read_text(encoding='utf-8', errors='replace'), i + 1)
+                            for i, p in enumerate(files)), repr(stats), len(files), 'docs')
   raise DataError(f'Domain {name!r}: source {source!r} is not files:GLOB, '
                   'tfds:NAME[/CONFIG][:SPLIT] or demo:NAME; fix the domain\'s source.')
 
 
 def val_sequences(data_cfg: Any, domain_cfg: Mapping[str, Any]) -> int:
-  """Validation sequences of a domain: its own val_sequences field, else config.data's."""
-  return int(domain_cfg.get('val_sequences', data_cfg.val_sequences))
+  """Validation sequences of a domain: its own val_sequences field if set (> 0), else
+  config.data's."""
+  return int(domain_cfg.get('val_sequences') or data_cfg.val_sequences)
+
+
+def read(domain_cfg: Mapping[str, Any],
+         max_docs: int = 0) -> tuple[Iterator[tuple[str, int]], int, str]:
+  """The domain's documents in their fixed order, at most max_docs of them (0 = all), each with
+  how far through the read it ends; and the read's size and unit: bytes of a files: source's
+  files, else (or when max_docs caps the read) documents."""
+  source = _documents(domain_cfg)
+  total, unit = source.total, source.unit
+  if max_docs and (unit != 'docs' or max_docs < total):
+    total, unit = max_docs, 'docs'
+
+  def capped():
+    for count, (doc, done) in enumerate(source.open(), 1):
+      if max_docs and count > max_docs:
+        return
+      yield doc, count if unit == 'docs' else done
+  return capped(), total, unit
 
 
 def iter_documents(domain_cfg: Mapping[str, Any], max_docs: int = 0) -> Iterator[str]:
   """The domain's documents in their fixed order; at most max_docs of them (0 = all)."""
-  opened, _ = _documents(domain_cfg)
-  for count, doc in enumerate(opened()):
-    if max_docs and count >= max_docs:
-      return
-    yield doc
+  return (doc for doc, _ in read(domain_cfg, max_docs)[0])
 
 
 def fingerprint(domain_cfg: Mapping[str, Any]) -> str:
   """Hash of the source, text_key and the data's identity (file sizes and times, TFDS info)."""
-  _, described = _documents(domain_cfg)
+  described = _documents(domain_cfg).described
   key = (str(domain_cfg['source']), domain_cfg.get('text_key') or 'text', described)
   return hashlib.sha256(repr(key).encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ config.data.tokenizer.kind:
   file             a HF tokenizer.json at config.data.tokenizer.path
 Trained tokenizers see up to train_chars characters of each domain, never its validation text,
 are trained by process 0 only and broadcast, and are saved as <workdir>/tokenizer/tokenizer.json
-(with spec.json; reused while the spec holds).
+(with spec.json; reused while the spec holds) by the processes io.one_writer names.
 """
 
 import hashlib
@@ -26,7 +26,8 @@ from jax.experimental import multihost_utils
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from autoscale_jax.data import DataError, sources
-from autoscale_jax.io import write_bytes_atomic
+from autoscale_jax.io import one_writer, write_bytes_atomic
+from autoscale_jax.models import FAMILIES, row_len
 
 EOS = '<|endoftext|>'
 BERT_SPECIALS = {'pad': '[PAD]', 'unk': '[UNK]', 'cls': '[CLS]', 'sep': '[SEP]', 'mask': '[MASK]'}
@@ -90,31 +91,33 @@ def _solid_chars(text: str) -> int:
   return sum(1 for c in text if c.isprintable() and not c.isspace() and c != '\ufffd')
 
 
-def training_documents(config: Any, domain_cfg: Mapping[str, Any]) -> Iterator[str]:
+def training_documents(data_cfg: Any, domain_cfg: Mapping[str, Any], *,
+                       family: str) -> Iterator[str]:
   """The domain's documents that can never fall into its validation split.
 
-  store.py fills validation from the first documents: val_sequences * seq_len + 1 tokens for
-  GPT-2 (EOS-joined, rows overlapping by one token), val_sequences rows for BERT (one or more
-  per non-empty document). A document with s solid characters yields at least
-  ceil(s / MAX_TOKEN_CHARS) tokens, so this skips the shortest prefix guaranteed to cover that.
+  store.py fills validation from the first documents: for GPT-2, val_sequences rows of the
+  EOS-joined stream, each starting seq_len tokens after the previous one; for BERT,
+  val_sequences rows (one or more per non-empty document). A document with s solid characters
+  yields at least ceil(s / MAX_TOKEN_CHARS) tokens, so this skips the shortest prefix
+  guaranteed to cover that.
   """
-  data = config.data
-  val = sources.val_sequences(data, domain_cfg)
-  bert = config.model.family == 'bert'
-  need, covered = (val if bert else val * data.seq_len + 1), 0
-  for doc in sources.iter_documents(domain_cfg, data.max_docs):
+  val = sources.val_sequences(data_cfg, domain_cfg)
+  bert = family == 'bert'
+  need = val if bert else (val - 1) * data_cfg.seq_len + row_len(family, data_cfg.seq_len)
+  covered = 0
+  for doc in sources.iter_documents(domain_cfg, data_cfg.max_docs):
     if covered >= need:
       yield doc
       continue
     solid = _solid_chars(doc)
     if solid:
-      covered += 1 if bert else math.ceil(solid / MAX_TOKEN_CHARS[data.tokenizer.kind]) + 1
+      covered += 1 if bert else math.ceil(solid / MAX_TOKEN_CHARS[data_cfg.tokenizer.kind]) + 1
 
 
-def _training_text(config: Any) -> Iterator[str]:
-  for domain_cfg in config.data.domains:
-    budget = config.data.tokenizer.train_chars
-    for doc in training_documents(config, domain_cfg):
+def _training_text(data_cfg: Any, family: str) -> Iterator[str]:
+  for domain_cfg in data_cfg.domains:
+    budget = data_cfg.tokenizer.train_chars
+    for doc in training_documents(data_cfg, domain_cfg, family=family):
       if budget <= 0:
         break
       yield doc[:budget]
@@ -125,25 +128,28 @@ def _training_text(config: Any) -> Iterator[str]:
 TRAINED_SPECIALS = {'train_bpe': ('eos',), 'train_wordpiece': tuple(BERT_SPECIALS)}
 
 
-def check_special_tokens(config: Any, names) -> None:
+def check_special_tokens(kind: str, family: str, names) -> None:
   """The model family's special tokens must be in the tokenizer (EOS for GPT-2, BERT's)."""
-  needed = ['pad', 'cls', 'sep'] if config.model.family == 'bert' else ['eos']
+  needed = ['pad', 'cls', 'sep'] if family == 'bert' else ['eos']
   missing = [n for n in needed if n not in names]
   if missing:
-    raise DataError(f'config.data.tokenizer.kind={config.data.tokenizer.kind!r} has no {missing} '
-                    f'token(s) for model.family={config.model.family!r}; use train_wordpiece for '
-                    'bert and train_bpe or gpt2 for gpt2.')
+    raise DataError(f'config.data.tokenizer.kind={kind!r} has no {missing} token(s) for '
+                    f'model.family={family!r}; use train_wordpiece for bert and train_bpe or '
+                    'gpt2 for gpt2.')
 
 
-def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
-  """The tokenizer config.data.tokenizer asks for; trained ones are cached under the workdir.
+def get_tokenizer(data_cfg: Any, workdir: str | os.PathLike[str], *, family: str) -> Tokenizer:
+  """The tokenizer data_cfg.tokenizer asks for, for model family `family` (config.model.family:
+  it decides the special tokens); trained ones are cached under the workdir.
 
   The workdir's first trained tokenizer lives in <workdir>/tokenizer/, those of later specs in
   <workdir>/tokenizer/<spec hash>/: a changed config never overwrites one (a retrained tokenizer
   can break merge ties differently, and the runs of a workdir name their tokenizer by hash).
   """
-  sources.check_config(config)
-  spec = config.data.tokenizer
+  if family not in FAMILIES:  # the row layout and the special tokens depend on it
+    raise DataError(f"config.model.family is '{family}'; use one of {sorted(FAMILIES)}.")
+  sources.check_config(data_cfg)
+  spec = data_cfg.tokenizer
   if spec.kind == 'gpt2':
     return Tokenizer(_gpt2())
   if spec.kind == 'file':
@@ -160,33 +166,33 @@ def get_tokenizer(config: Any, workdir: str | os.PathLike[str]) -> Tokenizer:
   if spec.kind not in MAX_TOKEN_CHARS:
     raise DataError(f'config.data.tokenizer.kind={spec.kind!r} is unknown; use train_bpe, '
                     'train_wordpiece, gpt2 or file.')
-  check_special_tokens(config, TRAINED_SPECIALS[spec.kind])
+  check_special_tokens(spec.kind, family, TRAINED_SPECIALS[spec.kind])
   root = epath.Path(workdir) / 'tokenizer'
   key = json.dumps({
       'kind': spec.kind, 'vocab_size': spec.vocab_size, 'train_chars': spec.train_chars,
-      'family': config.model.family, 'seq_len': config.data.seq_len,
-      'max_docs': config.data.max_docs,
-      'domains': [(d.name, sources.fingerprint(d), sources.val_sequences(config.data, d))
-                  for d in config.data.domains]}, sort_keys=True)
+      'family': family, 'seq_len': data_cfg.seq_len, 'max_docs': data_cfg.max_docs,
+      'domains': [(d.name, sources.fingerprint(d), sources.val_sequences(data_cfg, d))
+                  for d in data_cfg.domains]}, sort_keys=True)
   keyed = root / hashlib.sha256(key.encode()).hexdigest()[:16]
   folder = next((f for f in (root, keyed)
                  if (f / 'spec.json').exists() and (f / 'spec.json').read_text() == key), None)
   cached = folder is not None
   if not cached:
     folder = keyed if (root / 'spec.json').exists() else root
-  if cached:
-    text = (folder / 'tokenizer.json').read_text()
-  elif jax.process_index() == 0:
-    tok, trainer = _untrained(spec.kind, spec.vocab_size)
-    tok.train_from_iterator(_training_text(config), trainer)
-    text = tok.to_str()
-  else:
-    text = ''
+  text = ''
+  if jax.process_index() == 0:
+    if cached:
+      text = (folder / 'tokenizer.json').read_text()
+    else:
+      tok, trainer = _untrained(spec.kind, spec.vocab_size)
+      tok.train_from_iterator(_training_text(data_cfg, family), trainer)
+      text = tok.to_str()
   text = _from_process_zero(text)
-  if not cached:  # spec.json last: it marks a complete tokenizer
-    folder.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(folder / 'tokenizer.json', text.encode())
-    write_bytes_atomic(folder / 'spec.json', key.encode())
+  with one_writer(root, 'tokenizer') as writes:
+    if writes and not cached:  # spec.json last: it marks a complete tokenizer
+      folder.mkdir(parents=True, exist_ok=True)
+      write_bytes_atomic(folder / 'tokenizer.json', text.encode())
+      write_bytes_atomic(folder / 'spec.json', key.encode())
   return Tokenizer(tokenizers.Tokenizer.from_str(text))
 
 

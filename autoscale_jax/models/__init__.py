@@ -25,10 +25,16 @@ class ModelSpec:
   per_example_loss: Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
   flops_per_token: float  # training FLOPs per target token at this run's seq_len
   seq_len: int  # tokens the model reads per sequence
-  row_len: int  # tokens per stored row: seq_len + 1 for causal LMs (inputs and shifted targets)
+  row_len: int  # tokens per stored row (see row_len())
 
   def dummy_tokens(self, batch: int = 1) -> jnp.ndarray:
     return jnp.zeros((batch, self.seq_len), jnp.int32)
+
+
+def row_len(family: str, seq_len: int) -> int:
+  """Tokens per stored row: a causal LM (gpt2) reads seq_len tokens and predicts each one's
+  successor, so its rows hold seq_len + 1; a masked LM's (bert) rows are its seq_len inputs."""
+  return seq_len + 1 if family == 'gpt2' else seq_len
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -74,4 +80,4 @@ def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int
       family=cfg.family, config=model_config, module=module,
       per_example_loss=functools.partial(lib.per_example_loss, module),
       flops_per_token=float(lib.flops_per_token(model_config, seq_len)), seq_len=seq_len,
-      row_len=seq_len + 1 if cfg.family == 'gpt2' else seq_len)
+      row_len=row_len(cfg.family, seq_len))

@@ -46,9 +46,26 @@ class TransformerConfig(Protocol):
   attention_impl: str
 
 
+# Sizes that must be whole numbers >= 1 wherever a config has them (max_len, vocab_size and
+# type_vocab_size are not in TransformerConfig: the families add them).
+POSITIVE_SIZES = ('num_layers', 'num_heads', 'd_model', 'd_ff', 'max_len', 'vocab_size',
+                  'type_vocab_size')
+
+
 def check_config(config: TransformerConfig) -> None:
   """Stops a bad model config early with one sentence naming the field."""
   name = type(config).__name__
+  for field in POSITIVE_SIZES:
+    value = getattr(config, field, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'{name}.{field}={value!r} must be a whole number >= 1; fix it in '
+                       'config.model.overrides or pick another config.model.size.')
+  if not 0 <= config.dropout < 1:
+    raise ValueError(f'{name}.dropout={config.dropout!r} must be in [0, 1) (a probability; 0 '
+                     'disables dropout); set config.model.dropout to a value in that range.')
+  if not 0 < config.ln_eps < 1:
+    raise ValueError(f'{name}.ln_eps={config.ln_eps!r} must be in (0, 1) (LayerNorm adds it to '
+                     'the variance); fix it in config.model.overrides.')
   if config.d_model % config.num_heads:
     raise ValueError(f'{name}.d_model={config.d_model} must be divisible by '
                      f'num_heads={config.num_heads}; change one of them.')
