@@ -137,6 +137,10 @@ CASES = [
      r"Domain 'mine': demo:wikipedia is not a demo corpus; use one of demo:code"),
     ('source_unknown_tfds_dataset', _domain('tfds:no_such_dataset_xyz'),
      r"Domain 'mine': TFDS dataset 'no_such_dataset_xyz' (is unknown|needs)"),
+    ('data_seq_len_zero', _set(data__seq_len=0),
+     r'config\.data\.seq_len is 0; it must be a whole number >= 1'),
+    ('data_max_docs_negative', _set(data__max_docs=-1),
+     r'config\.data\.max_docs is -1; it must be a whole number >= 0'),
     ('domain_names_repeated', _set(data__domains=(
         ml_collections.ConfigDict(dict(name='a', source='demo:news', text_key='text')),
         ml_collections.ConfigDict(dict(name='a', source='demo:code', text_key='text')))),

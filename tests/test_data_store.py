@@ -114,6 +114,8 @@ def test_user_errors(tmp_path, jsonl):
     prepare(config(jsonl, family='bert', kind='train_bpe'), tmp_path)
   with pytest.raises(DataError, match='val_sequences=0'):
     prepare(config(jsonl, val_sequences=0), tmp_path)
+  with pytest.raises(DataError, match=r'config\.data\.seq_len is 2; BERT rows hold \[CLS\]'):
+    prepare(config(jsonl, family='bert', kind='train_wordpiece', seq_len=2), tmp_path)
 
 
 def test_demo_corpus_prepares_and_prints_the_table(tmp_path, capsys):

@@ -54,8 +54,21 @@ def _decode(value: Any) -> str:
   return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
 
 
+# Whole-number fields of config.data and their least values.
+# (val_sequences is checked per domain, which may override it.)
+_LEAST = {'seq_len': 1, 'max_docs': 0, 'prefetch': 0, 'max_epochs': 1, 'tokenizer.vocab_size': 1,
+          'tokenizer.train_chars': 1}
+
+
 def check_config(data_cfg: Any) -> None:
-  """Distinct named domains with a source, checked before anything is read, trained or written."""
+  """The numbers of config.data in range, distinct named domains with a source: checked before
+  anything is read, trained or written."""
+  for field, least in _LEAST.items():
+    value = data_cfg
+    for part in field.split('.'):
+      value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise DataError(f'config.data.{field} is {value!r}; it must be a whole number >= {least}.')
   seen = set()
   for i, d in enumerate(data_cfg.domains):
     name, source = d.get('name'), d.get('source')

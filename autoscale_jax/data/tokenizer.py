@@ -149,6 +149,9 @@ def get_tokenizer(data_cfg: Any, workdir: str | os.PathLike[str], *, family: str
   if family not in FAMILIES:  # the row layout and the special tokens depend on it
     raise DataError(f"config.model.family is '{family}'; use one of {sorted(FAMILIES)}.")
   sources.check_config(data_cfg)
+  if family == 'bert' and data_cfg.seq_len < 3:
+    raise DataError(f'config.data.seq_len is {data_cfg.seq_len}; BERT rows hold [CLS] and [SEP] '
+                    'around the text, so it must be at least 3.')
   spec = data_cfg.tokenizer
   if spec.kind == 'gpt2':
     return Tokenizer(_gpt2())
