@@ -44,9 +44,9 @@ def write_json_atomic(path: epath.PathLike, obj) -> None:
 
 
 @contextlib.contextmanager
-def filesystem_of(path: epath.PathLike, field: str) -> Iterator[None]:
+def filesystem_of(path: epath.PathLike, setting: str) -> Iterator[None]:
   """Turns a missing filesystem package for a remote path (gcsfs for gs://) into one sentence
-  naming `field`, the setting that holds the path."""
+  that starts with `setting`, the setting holding the path and its value."""
   try:
     yield
   except ImportError as e:
@@ -54,15 +54,15 @@ def filesystem_of(path: epath.PathLike, field: str) -> Iterator[None]:
     if scheme not in _PACKAGES:
       raise
     package = _PACKAGES[scheme]
-    raise UserError(f'{field}={str(path)!r} needs the {package} package for {scheme}:// paths, '
-                    f'which failed to import ({e}); pip install {package}.') from None
+    raise UserError(f'{setting} needs the {package} package for {scheme}:// paths, which failed '
+                    f'to import ({e}); pip install {package}.') from None
 
 
 def check_workdir(path: str) -> epath.Path:
   """The workdir, created if missing and checked writable (a probe file is written and removed,
   nothing else is touched): a workdir that cannot be used fails here, in one sentence."""
   workdir = epath.Path(path)
-  with filesystem_of(path, '--workdir'):
+  with filesystem_of(path, f'--workdir={path!r}'):
     try:
       workdir.mkdir(parents=True, exist_ok=True)
       probe = temp_name(workdir / 'probe')

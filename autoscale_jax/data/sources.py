@@ -95,7 +95,7 @@ def _glob_files(name: str, pattern: str) -> list[epath.Path]:
   if '://' in pattern:  # remote (gs://...): glob below the longest wildcard-free prefix
     parts = pattern.split('/')
     fixed = next(i for i, p in enumerate(parts + ['*']) if any(c in p for c in '*?['))
-    with filesystem_of(pattern, f'the source of domain {name!r}'):
+    with filesystem_of(pattern, f'Domain {name!r}: source files:{pattern}'):
       paths = list(epath.Path('/'.join(parts[:fixed])).glob('/'.join(parts[fixed:])))
   else:
     paths = [epath.Path(p) for p in glob.glob(pattern, recursive=True)]

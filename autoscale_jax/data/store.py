@@ -198,7 +198,8 @@ def prepare(data_cfg: Any, workdir: str | os.PathLike[str], *, family: str,
         'dtype': 'uint16' if tok.vocab_size <= 2**16 else 'uint32'}
     meta['key'] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     metas[domain_cfg.name] = meta
-  with filesystem_of(cache, 'config.data.cache_dir'), one_writer(cache, 'token stores') as writes:
+  with (filesystem_of(cache, f'config.data.cache_dir={str(cache)!r}'),
+        one_writer(cache, 'token stores') as writes):
     if writes:
       for domain_cfg in data_cfg.domains:
         _build_unless_stored(data_cfg, domain_cfg, tok, cache / domain_cfg.name,
