@@ -14,12 +14,15 @@ LLAMA_WEIGHTS = {'cc': 0.67, 'c4': 0.15, 'github': 0.045, 'books': 0.045, 'wiki'
                  'arxiv': 0.025, 'stackexchange': 0.02}
 
 
-def domain(name: str, source: str, text_key: str = 'text',
-           eval_only: bool = False) -> ml_collections.ConfigDict:
+def domain(name: str, source: str, text_key: str = 'text', eval_only: bool = False,
+           val_sequences: int = 0, data_dir: str = '') -> ml_collections.ConfigDict:
   """A data.domains entry. eval_only domains are measured by the objective but never trained on
-  (held-out evaluation); mixtures, DDO and weights cover the other domains."""
+  (held-out evaluation); mixtures, DDO and weights cover the other domains. val_sequences
+  overrides config.data.val_sequences for this domain (0 = that value); data_dir is where a
+  tfds: source's prepared dataset lives ('' = TFDS's default)."""
   return ml_collections.ConfigDict(dict(name=name, source=source, text_key=text_key,
-                                        eval_only=eval_only))
+                                        eval_only=eval_only, val_sequences=val_sequences,
+                                        data_dir=data_dir))
 
 
 def redpajama_domains(data_dir: str) -> tuple[ml_collections.ConfigDict, ...]:

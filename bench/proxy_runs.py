@@ -39,13 +39,9 @@ from absl import logging
 from etils import epath
 
 from autoscale_jax.configs import tiny
-from autoscale_jax.data import mixture, store, tokenizer  # noqa: E402
-from autoscale_jax.pipeline import ddo  # noqa: E402
-from autoscale_jax.train import (  # noqa: E402
-  memory,
-  metrics as metrics_lib,  # noqa: E402
-  runs,
-)
+from autoscale_jax.data import mixture  # noqa: E402
+from autoscale_jax.pipeline import ddo, registry  # noqa: E402
+from autoscale_jax.train import memory, metrics as metrics_lib, runs  # noqa: E402
 from autoscale_jax.train.trainer import run_key  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).with_name('RESULTS.md')
@@ -153,8 +149,7 @@ def main() -> None:
 
   config = make_config(args.budget)
   workdir = epath.Path(args.workdir)
-  tok = tokenizer.get_tokenizer(config, workdir)
-  stores = store.prepare(config, workdir)
+  tok, stores = registry.prepare_data(config, workdir)
   specs = plan(config, stores)
   trainers = runs.Trainers(config, tok, len(stores))
   steps = [runs.checked_num_steps(s.name, s.counts, int(config.train.batch_size)) for s in specs]

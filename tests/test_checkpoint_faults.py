@@ -22,6 +22,7 @@ import kill_harness
 import resume_worker
 from autoscale_jax import pipeline
 from autoscale_jax.errors import ConfigError
+from autoscale_jax.pipeline import registry
 from autoscale_jax.train import loop, runs
 from autoscale_jax.train.checkpoint import Checkpointer
 
@@ -165,9 +166,7 @@ def test_training_resumes_from_the_previous_checkpoint_when_the_newest_is_corrup
   files = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
   other = _config()
   other.model.overrides.num_layers = 1
-  from autoscale_jax.data import store, tokenizer  # pylint: disable=g-import-not-at-top
-  tok = tokenizer.get_tokenizer(other, workdir)
-  stores = store.prepare(other, workdir)
+  tok, stores = registry.prepare_data(other, workdir)
   with pytest.raises(ConfigError, match=r'model\.overrides\.num_layers: None in the checkpoint, '
                                         r'1 now.*; restore that config or point the run at a '
                                         r'fresh directory\.$'):
@@ -203,5 +202,4 @@ def test_non_finite_loss_stops_the_run_naming_step_and_last_good_checkpoint(prep
 
 
 def _tokenizer(config, workdir):
-  from autoscale_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
-  return tokenizer.get_tokenizer(config, workdir)
+  return registry.prepare_data(config, workdir)[0]

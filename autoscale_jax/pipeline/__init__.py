@@ -22,6 +22,7 @@ from etils import epath
 from autoscale_jax import report
 from autoscale_jax.data.mixture import counts_from_weights, resolve_weights
 from autoscale_jax.errors import ConfigError
+from autoscale_jax.io import check_workdir
 from autoscale_jax.lead import say
 from autoscale_jax.pipeline import ddo, plan, predict, validate
 from autoscale_jax.pipeline.lock import workdir_lock
@@ -70,10 +71,10 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str) -> None:
   if config.dry_run:
     plan.dry_run(config)
     return
-  workdir = epath.Path(workdir)
   if mode == 'report':
-    report.write_report(workdir)
+    report.write_report(epath.Path(workdir))
     return
+  workdir = check_workdir(workdir)
   with workdir_lock(workdir):
     if mode == 'prepare':
       Experiment(config, workdir)

@@ -71,22 +71,28 @@ class RunSpec:
   eval_every: int = 0
 
 
+def prepare_data(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple:
+  """The tokenizer and the token stores of config.data, built once under the workdir."""
+  from autoscale_jax.data import store, tokenizer
+  from autoscale_jax.models import row_len
+  family = config.model.family
+  tok = tokenizer.get_tokenizer(config.data, workdir, family=family)
+  stores = store.prepare(config.data, workdir, family=family,
+                         row_len=row_len(family, config.data.seq_len))
+  return tok, stores
+
+
 class Experiment:
   """The prepared data, tokenizer and trainers of one workdir, and how to train runs in it."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path):
-    from autoscale_jax.data import store, tokenizer
-    from autoscale_jax.models import row_len
     from autoscale_jax.train import runs
     # Settings a run would otherwise only meet after prepare (or at its end) are checked first.
     runs.check_config(config)
     self.trainable = trainable_mask(config)
     self.config = config
     self.workdir = workdir
-    family = config.model.family
-    self.tokenizer = tokenizer.get_tokenizer(config.data, workdir, family=family)
-    self.stores = store.prepare(config.data, workdir, family=family,
-                                row_len=row_len(family, config.data.seq_len))
+    self.tokenizer, self.stores = prepare_data(config, workdir)
     self.names = list(self.stores)
     self.seq_len = int(config.data.seq_len)
     self.rows = np.array([s.train.shape[0] for s in self.stores.values()], np.int64)
