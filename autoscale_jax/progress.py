@@ -21,10 +21,20 @@ def on_terminal() -> bool:
 
 
 class _AroundBars:
-  """A stream for absl's handler that writes between tqdm's redraws."""
+  """A stream for absl's handler that writes between tqdm's redraws.
+
+  It compares equal to the stream it wraps: absl writes a record a second time, straight to
+  sys.stderr, whenever its handler's stream is not sys.stderr.
+  """
 
   def __init__(self, stream):
     self._stream = stream
+
+  def __eq__(self, other) -> bool:
+    return other is self or other is self._stream
+
+  def __hash__(self) -> int:
+    return hash(self._stream)
 
   def write(self, text: str) -> None:
     with tqdm.external_write_mode(file=self._stream):
