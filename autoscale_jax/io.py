@@ -58,11 +58,15 @@ def filesystem_of(path: epath.PathLike, setting: str) -> Iterator[None]:
                     f'to import ({e}); pip install {package}.') from None
 
 
-def check_workdir(path: str) -> epath.Path:
+def check_workdir(path: str, *, create: bool = True) -> epath.Path:
   """The workdir, created if missing and checked writable (a probe file is written and removed,
-  nothing else is touched): a workdir that cannot be used fails here, in one sentence."""
+  nothing else is touched): a workdir that cannot be used fails here, in one sentence. With
+  create=False (a mode that only reads) it is only looked up, which still needs its filesystem."""
   workdir = epath.Path(path)
   with filesystem_of(path, f'--workdir={path!r}'):
+    if not create:
+      workdir.exists()
+      return workdir
     try:
       workdir.mkdir(parents=True, exist_ok=True)
       probe = temp_name(workdir / 'probe')

@@ -8,7 +8,7 @@ import numpy as np
 
 from autoscale_jax.configs import tiny
 from autoscale_jax.data import sources, store, tokenizer
-from autoscale_jax.models import row_len
+from autoscale_jax.pipeline.registry import prepare_data
 
 
 def domain(name: str, source: str, text_key: str = 'text', **extra) -> ml_collections.ConfigDict:
@@ -29,9 +29,8 @@ def config(*domains, family: str = 'gpt2', kind: str = 'gpt2', seq_len: int = 16
 
 
 def prepare(c: ml_collections.ConfigDict, workdir) -> dict[str, store.DomainStore]:
-  """store.prepare as the pipeline calls it for the whole config c."""
-  family = c.model.family
-  return store.prepare(c.data, workdir, family=family, row_len=row_len(family, c.data.seq_len))
+  """The token stores of config c, built exactly as the pipeline builds them."""
+  return prepare_data(c, workdir)[1]
 
 
 def get_tokenizer(c: ml_collections.ConfigDict, workdir) -> tokenizer.Tokenizer:

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from etils import epath
 
 from autoscale_jax.data import DataError
+from autoscale_jax.errors import check_number
 from autoscale_jax.io import filesystem_of
 
 # demo name -> (pip package or None for the standard library, its folder, file suffix, licence).
@@ -67,8 +68,7 @@ def check_config(data_cfg: Any) -> None:
     value = data_cfg
     for part in field.split('.'):
       value = value[part]
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-      raise DataError(f'config.data.{field} is {value!r}; it must be a whole number >= {least}.')
+    check_number(value, f'config.data.{field}', least=least, whole=True, error=DataError)
   seen = set()
   for i, d in enumerate(data_cfg.domains):
     name, source = d.get('name'), d.get('source')

@@ -72,7 +72,7 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str) -> None:
     plan.dry_run(config)
     return
   if mode == 'report':
-    report.write_report(epath.Path(workdir))
+    report.write_report(check_workdir(workdir, create=False))
     return
   workdir = check_workdir(workdir)
   with workdir_lock(workdir):

@@ -10,7 +10,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from autoscale_jax.errors import ConfigError
+from autoscale_jax.errors import ConfigError, check_number
 from autoscale_jax.lead import write_json
 from autoscale_jax.mixing import AutoScaleModel, DDOProblem
 from autoscale_jax.pipeline import ddo
@@ -28,6 +28,10 @@ def check(config: ml_collections.ConfigDict) -> tuple[list[int], list[int]]:
   if len(budgets) < 2:
     raise ConfigError(f'config.ddo.budgets has {len(budgets)} budget; AutoScale needs two or more '
                       'DDO budgets to extrapolate.')
+  p = config.predict
+  check_number(p.interval_level, 'config.predict.interval_level', more_than=0, below=1)
+  check_number(p.interval_samples, 'config.predict.interval_samples', least=2, whole=True)
+  check_number(p.noise, 'config.predict.noise', least=0)
   return budgets, goals
 
 

@@ -3,6 +3,7 @@ finished, and training a list of them. The stages say which runs they want; this
 no stage, and it is the only one in the pipeline that calls into autoscale_jax.train and the data
 store, so a change of those APIs is made here alone."""
 
+import copy
 import dataclasses
 import json
 import math
@@ -102,12 +103,17 @@ class Experiment:
     self.trainers = runs.Trainers(config, self.tokenizer, len(self.names))
     self._session_tokens = 0
     self._session_seconds = 0.0
+    self._run_configs: dict[int, ml_collections.ConfigDict] = {}
 
   # -- configuration of one run
   def run_config(self, spec: RunSpec) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(self.config.to_dict())
-    config.train.eval_every = int(spec.eval_every)
-    return config
+    """The experiment's config with the run's evaluation cadence (one copy per cadence)."""
+    every = int(spec.eval_every)
+    if every not in self._run_configs:
+      config = copy.deepcopy(self.config)
+      config.train.eval_every = every
+      self._run_configs[every] = config
+    return self._run_configs[every]
 
   def run_dir(self, spec: RunSpec) -> epath.Path:
     from autoscale_jax.train.runs import run_fingerprint

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from autoscale_jax.data.mixture import counts_from_weights, resolve_weights
-from autoscale_jax.errors import ConfigError
+from autoscale_jax.errors import ConfigError, check_number
 from autoscale_jax.lead import write_json
 from autoscale_jax.pipeline import predict
 from autoscale_jax.pipeline.registry import Experiment, RunSpec, positive_tokens, tokens_key
@@ -59,6 +59,7 @@ def check(exp: Experiment) -> dict[str, np.ndarray]:
   if 'predicted' in exp.config.validate.baselines:
     raise ConfigError("config.validate.baselines may not be named 'predicted' (that is the "
                       'predicted mixture); rename the baseline.')
+  check_number(exp.config.validate.eval_every, 'config.validate.eval_every', least=0, whole=True)
   chosen = targets(exp.config)
   baselines = {n: resolve_weights(w, exp.mix_names, exp.natural[exp.trainable],
                                   f'config.validate.baselines.{n}')

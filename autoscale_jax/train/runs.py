@@ -27,7 +27,7 @@ from etils import epath
 
 from autoscale_jax import lead
 from autoscale_jax.data import loader as loader_lib, mixture
-from autoscale_jax.errors import ConfigError
+from autoscale_jax.errors import ConfigError, check_number
 from autoscale_jax.models import build_model
 from autoscale_jax.train import loop, memory, mesh as mesh_lib, metrics as metrics_lib, optim
 from autoscale_jax.train.checkpoint import Checkpointer
@@ -113,10 +113,8 @@ def check_config(config: ml_collections.ConfigDict,
                               ('train', 'log_every', 1), ('train', 'checkpoint_every', 1),
                               ('train', 'keep_checkpoints', 1), ('train', 'eval_every', 0),
                               ('eval', 'batch_size', 1)):
-    value = config[section][field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise ConfigError(f'config.{section}.{field} is {value!r}; it must be an integer >= '
-                        f'{low}.')
+    check_number(config[section][field], f'config.{section}.{field}', least=low, whole=True)
+  check_number(config.train.peak_flops, 'config.train.peak_flops', least=0)
   build_model(config.model, vocab_size=1, seq_len=int(config.data.seq_len))
   mesh = mesh or mesh_lib.make_mesh(config.mesh)
   dp = mesh_lib.data_parallel_size(mesh, config.mesh.rules)
