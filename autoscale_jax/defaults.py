@@ -87,7 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 16  # global batch in sequences (split over data x fsdp)
   c.train.grad_accum = 1  # micro-batches per step; batch_size must divide by it
   c.train.lr = 3e-3  # peak learning rate
-  c.train.warmup_steps = 20  # linear warmup from 0
+  c.train.warmup_steps = 0  # linear warmup from 0 over this many steps (0 = use warmup_ratio)
+  # Warmup as a fraction of each run's steps, rounded up, when warmup_steps is 0 (the paper's
+  # scripts: 0.1), so short proxy runs and long ones warm up alike.
+  c.train.warmup_ratio = 0.1
   c.train.schedule = 'cosine'  # cosine | linear | constant: decay after warmup to min_lr_ratio * lr
   c.train.min_lr_ratio = 0.1  # final learning rate as a fraction of the peak
   c.train.weight_decay = 0.1  # AdamW decay on matrices only (not biases, LayerNorm, embeddings)
@@ -111,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
   # {domain: weight} for weighted_*; held-out domains only = zero weight on the others.
   c.eval.objective_weights = ml_collections.ConfigDict()
   c.eval.batch_size = 64  # validation batch in sequences
+  # Perplexity in the *_ppl objectives: 'token' = exp of the token-mean loss of a domain;
+  # 'sequence' = the mean of per-sequence perplexities (what the AutoScale authors' evaluation
+  # script computes).
+  c.eval.perplexity = 'token'
 
   # --- DDO: the 2m+1 proxy runs at each small budget -------------------------------------------
   c.ddo = ml_collections.ConfigDict()

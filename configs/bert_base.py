@@ -34,7 +34,9 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/bert') -> ml_collections.Config
 
   c.train.batch_size = 256  # sequences per step (32,768 tokens)
   c.train.lr = 1e-4  # BERT's peak learning rate
-  c.train.warmup_steps = 500  # then linear decay
+  # Then linear decay. Fixed steps (kept so finished runs keep their fingerprints); set 0 to
+  # use the paper's train.warmup_ratio = 0.1 instead.
+  c.train.warmup_steps = 500
   c.train.schedule = 'linear'  # BERT's schedule
   c.train.weight_decay = 0.01  # BERT's decay
   c.train.b2 = 0.999  # BERT's Adam beta2

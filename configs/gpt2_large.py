@@ -30,7 +30,10 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/redpajama') -> ml_collections.C
 
   c.train.batch_size = 256  # 262,144 tokens per step: 1,144 steps at 0.3B tokens
   c.train.lr = 2.5e-4  # peak learning rate (GPT-2 large)
-  c.train.warmup_steps = 200  # linear warmup, then cosine to 10%
+  # Linear warmup, then cosine to 10%. Fixed steps, not the paper's warmup_ratio 0.1: this
+  # config's runs were launched with them, and a change of warmup retrains every finished run.
+  # Set warmup_steps = 0 to use train.warmup_ratio.
+  c.train.warmup_steps = 200
   c.train.log_every = 20  # steps between log lines
   c.train.checkpoint_every = 250  # preemption costs at most ~250 steps
   c.train.keep_checkpoints = 2  # on disk per run

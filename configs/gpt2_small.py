@@ -22,12 +22,14 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/redpajama') -> ml_collections.C
   # cc, c4, github, books, wiki, arxiv, stackexchange
   c.data.domains = defaults.redpajama_domains(data_dir)
   c.data.seq_len = 1024  # GPT-2's context
-  c.data.val_sequences = 128  # 131k validation tokens per domain
+  c.data.val_sequences = 256  # 262k validation tokens per domain: loss SE small next to effects
   c.data.tokenizer.kind = 'gpt2'  # GPT-2's own BPE
 
   c.train.batch_size = 64  # 65,536 tokens per step: 458 steps at 30M tokens
   c.train.lr = 6e-4  # peak learning rate (GPT-2 small)
-  c.train.warmup_steps = 100  # then cosine to 10%
+  # Then cosine to 10%. Fixed steps (kept so finished runs keep their fingerprints); set 0 to
+  # use the paper's train.warmup_ratio = 0.1 instead.
+  c.train.warmup_steps = 100
   c.train.log_every = 20  # steps between log lines
   c.train.checkpoint_every = 200  # steps between checkpoints
   c.train.tokens = 480_000_000  # mode=train: one run at the validation target

@@ -14,7 +14,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_docs = 400  # a slice of each demo domain keeps prepare to seconds
   c.data.tokenizer.vocab_size = 1024  # small embedding tables
   c.train.tokens = 64 * 16 * 20  # mode=train: 20 steps of 16 x 64 tokens
-  c.train.warmup_steps = 4  # of runs that are 10-50 steps long
   c.train.log_every = 5  # steps between log lines
   c.train.checkpoint_every = 10  # steps between checkpoints
   c.eval.batch_size = 16  # validation batch in sequences

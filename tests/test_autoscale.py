@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import brentq
 
 from autoscale_jax.errors import UserError
-from autoscale_jax.mixing import AutoScaleModel, DDOProblem, PowerLaw, fit_power_law
+from autoscale_jax.mixing import AutoScaleModel, DDOProblem, PowerLaw, cap_to_data, fit_power_law
 
 RNG = np.random.default_rng(0)
 BETA = RNG.uniform(1.0, 5.0, 7)
@@ -166,3 +166,58 @@ def test_importing_and_using_mixing_keeps_jax_default_dtypes():
   """)
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=False)
   assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr
+
+
+def test_extrapolate_mode_follows_the_papers_geometric_step_for_a_domain_on_a_bound():
+  """Domain 1 sits on a DDO bound at both budgets: 'hold' keeps its weight, 'extrapolate' (the
+  paper) moves it along N^(k+2) = N^(2) (N^(2) / N^(1))^k like every other domain."""
+  problems = _ddo_problems()
+  assert all(1 in p.pinned() for p in problems)
+  n1, n2 = problems[0].optimum(), problems[1].optimum()
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    held = AutoScaleModel.from_ddo(problems, 'hold')
+  paper = AutoScaleModel.from_ddo(problems, 'extrapolate')
+  assert paper.held == () and paper.mode == 'extrapolate'
+  for k in (1, 2):
+    by_hand = n2 * (n2 / n1)**k
+    np.testing.assert_allclose(paper.predict(by_hand.sum()), by_hand, rtol=1e-9)
+    np.testing.assert_allclose(paper.geometric_step(k), by_hand, rtol=1e-12)
+  target = (n2 * (n2 / n1)).sum()
+  assert held.predict_weights(target)[1] == pytest.approx(n2[1] / n2.sum(), rel=1e-12)
+  assert paper.predict_weights(target)[1] != pytest.approx(n2[1] / n2.sum(), rel=1e-3)
+  again = AutoScaleModel.from_dict(json.loads(json.dumps(paper.to_dict())))
+  assert again.mode == 'extrapolate' and np.array_equal(again.predict(target),
+                                                        paper.predict(target))
+
+
+def test_extrapolating_a_shrinking_domain_takes_the_root_past_the_minimum():
+  """With a shrinking domain the total sum_i N_i(t) falls, then rises: the predicted budget is
+  reached on the rising branch (the geometric step's), and one below the minimum is refused."""
+  n1 = np.array([5e7, 3e7, 2e7])
+  n2 = np.array([2.5e7, 1.2e8, 5.5e7])  # domain 0 halves, the others grow
+  with pytest.warns(UserWarning, match=r'Domains \[0\] do not grow .* extrapolated all the same'):
+    model = AutoScaleModel.fit({1e8: n1, 2e8: n2}, mode='extrapolate')
+  for k in (1, 3):
+    by_hand = n2 * (n2 / n1)**k
+    np.testing.assert_allclose(model.predict(by_hand.sum()), by_hand, rtol=1e-9)
+  t = np.linspace(-3, 0, 3001)  # the total's minimum lies below t = 0 (the first budget)
+  totals = np.exp(model.alpha[:, None] + model.slope[:, None] * t).sum(0)
+  assert 0 < np.argmin(totals) < t.size - 1
+  with pytest.raises(UserError, match='below the smallest total the fitted law reaches'):
+    model.predict(0.9 * totals.min())
+
+
+def test_cap_to_data_moves_the_excess_to_the_others_in_proportion():
+  q, capped = cap_to_data([60.0, 30.0, 10.0], [40.0, 100.0, 100.0])
+  np.testing.assert_allclose(q, [40.0, 45.0, 15.0])
+  assert capped == [0]
+  # A second domain goes over once the first one's excess arrives: both end at their caps.
+  q, capped = cap_to_data([60.0, 30.0, 10.0], [40.0, 42.0, 100.0])
+  np.testing.assert_allclose(q, [40.0, 42.0, 18.0])
+  assert capped == [0, 1]
+  q, capped = cap_to_data([1.0, 2.0], [5.0, 5.0])
+  np.testing.assert_allclose(q, [1.0, 2.0])
+  assert capped == []
+  with pytest.raises(UserError, match='less than the'):
+    cap_to_data([60.0, 40.0], [30.0, 30.0])

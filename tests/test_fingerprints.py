@@ -12,6 +12,10 @@ import pytest
 from autoscale_jax.train import runs
 
 TOKENIZER_HASH = 'tokhash123'
+# The settings the first version's configs had where today's configs differ (a changed setting
+# is a different run, with a new fingerprint, as it should be).
+FIRST = {'tiny': {'train.warmup_steps': 4}, 'demo': {'train.warmup_steps': 20},
+         'gpt2_small': {'data.val_sequences': 128}}
 # (config, counts, seed) -> fingerprint, as the first version computed it.
 RECORDED = [
     ('tiny', [10, 20, 30, 40], 0, '3a61ef51e6fbbf3b'),
@@ -27,13 +31,18 @@ RECORDED = [
 ]
 
 
-def load_config(name: str) -> ml_collections.ConfigDict:
-  return importlib.import_module(f'autoscale_jax.configs.{name}').get_config()
+def load_config(name: str, first: bool = False) -> ml_collections.ConfigDict:
+  """Today's config `name`, or with first=True as the first version had it."""
+  config = importlib.import_module(f'autoscale_jax.configs.{name}').get_config()
+  for path, value in (FIRST.get(name, {}) if first else {}).items():
+    section, field = path.split('.')
+    config[section][field] = value
+  return config
 
 
 @pytest.mark.parametrize('name,counts,seed,expected', RECORDED)
 def test_fingerprints_equal_the_recorded_values(name, counts, seed, expected):
-  config = load_config(name)
+  config = load_config(name, first=True)
   assert runs.run_fingerprint(config, np.array(counts), seed, TOKENIZER_HASH) == expected
 
 
@@ -49,13 +58,21 @@ def test_what_does_not_shape_a_run_leaves_the_fingerprint_alone():
 
 
 def test_fields_added_later_count_only_away_from_their_first_value():
-  config = load_config('tiny')
+  config = load_config('tiny', first=True)
   counts = np.array([10, 20, 30, 40])
   base = runs.run_fingerprint(config, counts, 0, TOKENIZER_HASH)
+  other = {('model', 'scan_unroll'): 0, ('model', 'attention_impl'): 'cudnn',
+           ('train', 'warmup_ratio'): 0.1, ('eval', 'perplexity'): 'sequence'}
+  assert set(other) == set(runs.LATER_FIELDS)
   for (section, field), legacy in runs.LATER_FIELDS.items():
-    assert config[section][field] == legacy  # today's default is the first value
+    at_legacy = copy.deepcopy(config)
+    at_legacy[section][field] = legacy
+    assert runs.run_fingerprint(at_legacy, counts, 0, TOKENIZER_HASH) == base
     changed = copy.deepcopy(config)
-    changed[section][field] = 0 if isinstance(legacy, int) else 'cudnn'
+    changed[section][field] = other[section, field]
+    if field == 'warmup_ratio':  # acts only without a fixed warmup_steps
+      assert runs.run_fingerprint(changed, counts, 0, TOKENIZER_HASH) == base
+      changed.train.warmup_steps = 0
     assert runs.run_fingerprint(changed, counts, 0, TOKENIZER_HASH) != base
   for field, value in (('lr', 1e-3), ('batch_size', 8)):
     changed = copy.deepcopy(config)

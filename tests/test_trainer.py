@@ -18,7 +18,13 @@ from autoscale_jax.train import (
   mesh as mesh_lib,  # noqa: E402
   optim,  # noqa: E402
 )
-from autoscale_jax.train.trainer import Trainer, loss_and_grads, objective, run_key  # noqa: E402
+from autoscale_jax.train.trainer import (  # noqa: E402
+  Trainer,
+  loss_and_grads,
+  objective,
+  run_key,
+  summarize_eval,
+)
 
 KEY = run_key(0)  # the key of every run here (seed 0)
 
@@ -171,6 +177,48 @@ def test_schedule_warmup_then_decay(kind, end):
     optim.make_schedule(ml_collections.ConfigDict(dict(cfg.to_dict(), schedule='step')), 10)
 
 
+@pytest.mark.parametrize('total,expected', [(49, 5), (147, 15), (10, 1), (100, 10)])
+def test_warmup_ratio_is_a_share_of_each_run_rounded_up(total, expected):
+  cfg = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=0, warmup_ratio=0.1,
+                                       schedule='constant', min_lr_ratio=0.1))
+  assert float(optim.warmup_steps(cfg, total)) == expected
+  sched = optim.make_schedule(cfg, total_steps=total)
+  np.testing.assert_allclose(float(sched(expected - 1)), (expected - 1) / expected, rtol=1e-6)
+  assert float(sched(expected)) == 1.0  # warm from step `expected` on
+  cfg.warmup_steps = 20  # a fixed count overrides the ratio
+  assert float(optim.warmup_steps(cfg, total)) == 20
+  cfg.warmup_ratio = 1.0
+  with pytest.raises(ConfigError, match=r'config\.train\.warmup_ratio is 1\.0; it must be in'):
+    optim.check_optimizer(cfg)
+
+
+def test_eval_statistics_match_a_float64_reference():
+  """Trainer.evaluate's per-domain stats, summarised, against numpy on the per-example losses."""
+  trainer = _trainer()
+  params = trainer.init_state(KEY).params
+  batches = [trainer.put_batch(_batch(100 + k)) for k in range(3)]
+  stats = trainer.evaluate(params, batches, KEY)
+  summary = summarize_eval(stats)
+  per_seq = {d: [] for d in range(4)}
+  token_sums = np.zeros(4)
+  token_counts = np.zeros(4)
+  for k in range(3):
+    host = _batch(100 + k)
+    loss_sum, count = trainer.model.per_example_loss(params, {k2: jnp.asarray(v) for k2, v in
+                                                              host.items()}, KEY, train=False)
+    for d, ls, c in zip(host['domain'], np.asarray(loss_sum, np.float64), np.asarray(count)):
+      per_seq[d].append(ls / c)
+      token_sums[d] += ls
+      token_counts[d] += c
+  for d in range(4):
+    x = np.array(per_seq[d])
+    np.testing.assert_allclose(summary['loss'][d], token_sums[d] / token_counts[d], rtol=1e-5)
+    np.testing.assert_allclose(summary['ppl_sequence'][d], np.mean(np.exp(x)), rtol=1e-5)
+    np.testing.assert_allclose(summary['loss_se'][d], x.std(ddof=1) / np.sqrt(x.size), rtol=1e-3)
+  # Mean of exps >= exp of mean (Jensen): sequence perplexity is never below the token one here.
+  assert np.all(summary['ppl_sequence'] >= summary['ppl_token'] * (1 - 1e-6))
+
+
 def test_objectives_against_hand_computation():
   losses = {'a': 1.0, 'b': 2.0, 'c': 3.0}
   cfg = ml_collections.ConfigDict(dict(objective='mean_ppl', objective_weights={}))
@@ -182,6 +230,12 @@ def test_objectives_against_hand_computation():
   assert objective(losses, cfg) == pytest.approx(0.75 * 1 + 0.25 * 3)
   cfg.objective_weights = {'zz': 1.0}
   with pytest.raises(ConfigError, match='unknown domain'):
+    objective(losses, cfg)
+  cfg.objective, cfg.objective_weights = 'mean_ppl', {}
+  ppl = {'a': 4.0, 'b': 8.0, 'c': 9.0}  # e.g. per-sequence perplexities (eval.perplexity)
+  assert objective(losses, cfg, ppl) == pytest.approx(7.0)
+  cfg.perplexity = 'word'
+  with pytest.raises(ConfigError, match=r"config\.eval\.perplexity is 'word'"):
     objective(losses, cfg)
 
 

@@ -4,7 +4,7 @@ Pure math over arrays (numpy in and out, float64 jax inside, scoped so training 
 default dtypes); it knows nothing of training or data.
 """
 
-from autoscale_jax.mixing.autoscale import AutoScaleModel, WeightInterval
+from autoscale_jax.mixing.autoscale import PINNED_MODES, AutoScaleModel, WeightInterval, cap_to_data
 from autoscale_jax.mixing.ddo import (
                                       DDOProblem,
                                       Perturbation,
@@ -22,7 +22,7 @@ from autoscale_jax.mixing.powerlaw import (
 )
 
 __all__ = [
-    'AutoScaleModel', 'DDOProblem', 'DegenerateFitWarning', 'Perturbation', 'PowerLaw',
-    'WeightInterval', 'bootstrap_fits', 'ddo_weights', 'fit_domains', 'fit_power_law',
-    'perturbation_plan', 'pinned_domains', 'solve_ddo',
+    'PINNED_MODES', 'AutoScaleModel', 'DDOProblem', 'DegenerateFitWarning', 'Perturbation',
+    'PowerLaw', 'WeightInterval', 'bootstrap_fits', 'cap_to_data', 'ddo_weights', 'fit_domains',
+    'fit_power_law', 'perturbation_plan', 'pinned_domains', 'solve_ddo',
 ]

@@ -10,18 +10,21 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
 from autoscale_jax.errors import UserError
-from autoscale_jax.mixing._numerics import bisect, x64
+from autoscale_jax.mixing._numerics import BISECT_STEPS
 from autoscale_jax.mixing.ddo import DDOProblem
 from autoscale_jax.mixing.powerlaw import bootstrap_fits
 
 # Optima must sum to their budget key within this relative tolerance.
 _BUDGET_RTOL = 1e-3
+# Doublings of a search bracket before giving up (2^200 spans any t a law can produce).
+_SEARCH_STEPS = 200
+# How domains on a DDO bound are treated: 'hold' keeps their weight at the largest budget,
+# 'extrapolate' (the paper) extrapolates every domain, shrinking ones included.
+PINNED_MODES = ('hold', 'extrapolate')
 
 
 class WeightInterval(NamedTuple):
@@ -32,15 +35,68 @@ class WeightInterval(NamedTuple):
   samples: np.ndarray
 
 
-@jax.jit
-def _scaling_t(alpha: jax.Array, slope: jax.Array, log_total: jax.Array) -> jax.Array:
-  """t with sum_i exp(alpha_i + slope_i t) = exp(log_total); slopes > 0 make the sum increasing.
+def _scaling_t(alpha: np.ndarray, slope: np.ndarray, log_total: float) -> float:
+  """t with sum_i exp(alpha_i + slope_i t) = exp(log_total), on the branch where the sum grows.
 
-  Bracket: at the low end every term is at most total / m, at the high end one term is total.
+  With every slope > 0 the sum rises with t and the root is unique. With some slopes < 0
+  (domains extrapolated although they shrink) the sum is convex in t: it falls to a minimum and
+  then rises; the root taken is the one past the minimum, where more tokens mean a larger t as
+  between the measured budgets. A total below that minimum is unreachable and refused.
   """
-  lo = jnp.min((log_total - jnp.log(alpha.size) - alpha) / slope)
-  hi = jnp.min((log_total - alpha) / slope)
-  return bisect(lambda t: jax.nn.logsumexp(alpha + slope * t) - log_total, lo, hi)
+  def excess(t):
+    return float(np.logaddexp.reduce(alpha + slope * t)) - log_total
+
+  if not np.any(slope > 0):
+    raise UserError('no domain grows with the budget, so no larger budget can be reached: the '
+                    'optima shrink for every domain.')
+  grow = slope > 0
+  hi = float(np.min((log_total - alpha[grow]) / slope[grow]))  # one growing term alone = total
+  if np.all(grow):
+    lo = float(np.min((log_total - np.log(alpha.size) - alpha) / slope))  # every term <= total/m
+  else:
+    if np.any(slope < 0):
+      def rate(t):  # d/dt of the log-sum: a softmax-weighted mean slope, rising in t
+        z = alpha + slope * t
+        return float(np.exp(z - np.logaddexp.reduce(z)) @ slope)
+      lo = _bisect(rate, *_bracket(rate))  # where the sum is smallest
+    else:  # flat domains: the sum falls towards their constant total as t decreases
+      lo, step = hi, 1.0
+      for _ in range(_SEARCH_STEPS):
+        if excess(lo) <= 0:
+          break
+        lo, step = lo - step, 2 * step
+    if excess(lo) > 0:
+      raise UserError(f'a total of {np.exp(log_total):.6g} tokens is below the smallest total '
+                      f'the fitted law reaches (about {np.exp(log_total + excess(lo)):.6g}): with '
+                      'shrinking or flat domains extrapolated, it cannot predict a budget that '
+                      'small.')
+    hi, step = max(hi, lo), 1.0
+    while excess(hi) < 0:
+      hi, step = hi + step, 2 * step
+  return _bisect(excess, lo, hi)
+
+
+def _bracket(f) -> tuple[float, float]:
+  """a < b with f(a) < 0 < f(b) for an increasing f that changes sign."""
+  a, b = -1.0, 1.0
+  for _ in range(_SEARCH_STEPS):
+    if f(a) < 0 and f(b) > 0:
+      return a, b
+    a, b = 2 * a if f(a) >= 0 else a, 2 * b if f(b) <= 0 else b
+  raise UserError('the fitted scaling law has no minimum total within reach.')
+
+
+def _bisect(f, lo: float, hi: float) -> float:
+  """Root of an increasing f on [lo, hi], to float64 resolution."""
+  for _ in range(BISECT_STEPS):
+    mid = 0.5 * (lo + hi)
+    if mid in (lo, hi):
+      break
+    if f(mid) < 0:
+      lo = mid
+    else:
+      hi = mid
+  return 0.5 * (lo + hi)
 
 
 def _check_optima(optima: Mapping[float, ArrayLike]) -> tuple[np.ndarray, np.ndarray]:
@@ -79,15 +135,41 @@ def _rank_one(logs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
   return alpha, step * vt[0], (scores - scores[0]) / step, residual
 
 
+def cap_to_data(quantities: ArrayLike, available: ArrayLike) -> tuple[np.ndarray, list[int]]:
+  """Quantities with none above what the data allows, keeping their total: a domain over its
+  cap is set to it and the excess goes to the others in proportion to their quantities (again
+  until none is over). Returns the quantities and the capped domains."""
+  q = np.asarray(quantities, np.float64).copy()
+  cap = np.asarray(available, np.float64)
+  if cap.shape != q.shape or np.any(cap < 0):
+    raise UserError(f'available must be one value >= 0 per domain ({q.size}); got {available!r}.')
+  total = q.sum()
+  if cap.sum() < total * (1 - 1e-12):
+    raise UserError(f'the data allows {cap.sum():,.0f} tokens in all, less than the '
+                    f'{total:,.0f} the budget needs: add data or allow repetition '
+                    '(config.data.max_epochs).')
+  capped: list[int] = []
+  while True:
+    over = [i for i in np.nonzero(q > cap * (1 + 1e-12))[0] if i not in capped]
+    if not over:
+      return q, sorted(capped)
+    capped += [int(i) for i in over]
+    q[capped] = cap[capped]
+    free = np.array([i not in capped for i in range(q.size)])
+    q[free] *= (total - q[~free].sum()) / q[free].sum()
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class AutoScaleModel:
   """ln N_i*(t) = alpha_i + slope_i t fitted to DDO optima; predicts the optimum at any budget.
 
-  Domains in `held` are not extrapolated: those the caller pinned (e.g. on a DDO bound at a
-  measured budget, where the optimum is the bound and not the law's) and those whose optimal
-  quantity does not grow with the budget. They keep their weight at the largest measured budget
-  and fit() warns about them; the law covers the others. t is 0 at the smallest budget and 1 at
-  the next; `residual` is the RMS log-quantity misfit (0 up to rounding with two budgets).
+  With mode 'hold', domains in `held` are not extrapolated: those the caller pinned (e.g. on a
+  DDO bound at a measured budget, where the optimum is the bound and not the law's) and those
+  whose optimal quantity does not grow with the budget. They keep their weight at the largest
+  measured budget and fit() warns about them; the law covers the others. With mode
+  'extrapolate' (the paper's) every domain follows the law, a shrinking one too (see _scaling_t
+  for the budgets that can then be reached). t is 0 at the smallest budget and 1 at the next;
+  `residual` is the RMS log-quantity misfit (0 up to rounding with two budgets).
   """
   budgets: np.ndarray
   quantities: np.ndarray
@@ -97,13 +179,18 @@ class AutoScaleModel:
   t: np.ndarray
   residual: float
   ddo: tuple[DDOProblem, ...] | None = None
+  mode: str = 'hold'
 
   @classmethod
-  def fit(cls, optima: Mapping[float, ArrayLike], pinned: Iterable[int] = ()) -> 'AutoScaleModel':
-    """Fits the law to {budget_tokens: optimal per-domain quantities} (2 or more budgets)."""
+  def fit(cls, optima: Mapping[float, ArrayLike], pinned: Iterable[int] = (),
+          mode: str = 'hold') -> 'AutoScaleModel':
+    """Fits the law to {budget_tokens: optimal per-domain quantities} (2 or more budgets);
+    `pinned` domains are held with mode 'hold' and ignored with 'extrapolate'."""
+    if mode not in PINNED_MODES:
+      raise UserError(f"mode is '{mode}'; use one of {', '.join(PINNED_MODES)}.")
     budgets, quantities = _check_optima(optima)
     m = quantities.shape[1]
-    held = {int(i) for i in pinned}
+    held = {int(i) for i in pinned} if mode == 'hold' else set()
     if not held <= set(range(m)):
       raise UserError(f'pinned names domains {sorted(held - set(range(m)))} outside 0..{m - 1}.')
     if held:
@@ -118,7 +205,11 @@ class AutoScaleModel:
                         'scaling law, so there is nothing to extrapolate.')
       alpha, slope, t, residual = _rank_one(logs[:, free])
       shrinking = free[slope <= 0]
-      if shrinking.size == 0:
+      if shrinking.size and mode == 'extrapolate':
+        warnings.warn(f'Domains {shrinking.tolist()} do not grow with the budget and are '
+                      'extrapolated all the same: their share falls as the budget rises.',
+                      stacklevel=2)
+      if shrinking.size == 0 or mode == 'extrapolate':
         break
       warnings.warn(f'Domains {shrinking.tolist()} do not grow with the budget; held at their '
                     'weights at the largest budget instead of extrapolated.', stacklevel=2)
@@ -129,17 +220,19 @@ class AutoScaleModel:
                     stacklevel=2)
     full_alpha, full_slope = np.full(m, np.nan), np.full(m, np.nan)
     full_alpha[free], full_slope[free] = alpha, slope
-    return cls(budgets, quantities, tuple(sorted(held)), full_alpha, full_slope, t, residual)
+    return cls(budgets, quantities, tuple(sorted(held)), full_alpha, full_slope, t, residual,
+               mode=mode)
 
   @classmethod
-  def from_ddo(cls, problems: Sequence[DDOProblem]) -> 'AutoScaleModel':
-    """Solves each budget's DDO, holds the domains that land on a bound, fits the law.
+  def from_ddo(cls, problems: Sequence[DDOProblem], mode: str = 'hold') -> 'AutoScaleModel':
+    """Solves each budget's DDO and fits the law; with mode 'hold' the domains that land on a
+    bound are held, with 'extrapolate' they follow the law like the others.
 
     Keeps the problems, which the uncertainty (predict_weights_interval) needs.
     """
     problems = tuple(sorted(problems, key=lambda p: p.budget))
-    pinned = {i for p in problems for i in p.pinned()}
-    model = cls.fit({p.budget: p.optimum() for p in problems}, pinned)
+    pinned = {i for p in problems for i in p.pinned()} if mode == 'hold' else set()
+    model = cls.fit({p.budget: p.optimum() for p in problems}, pinned, mode)
     return dataclasses.replace(model, ddo=problems)
 
   @property
@@ -158,14 +251,13 @@ class AutoScaleModel:
     q[self._free] = free_quantities * ((1 - held.sum()) * total / free_quantities.sum())
     return q
 
-  @x64
   def predict(self, target: float) -> np.ndarray:
     """Optimal per-domain token quantities at `target` tokens; they sum to target."""
     if not (np.isfinite(target) and target > 0):
       raise UserError(f'target budget must be finite and > 0; got {target}.')
     free = self._free
     log_free_total = np.log(target) + np.log1p(-self._held_weights.sum())
-    t = float(_scaling_t(self.alpha[free], self.slope[free], jnp.float64(log_free_total)))
+    t = _scaling_t(self.alpha[free], self.slope[free], float(log_free_total))
     return self._complete(np.exp(self.alpha[free] + self.slope[free] * t), target)
 
   def predict_weights(self, target: float) -> np.ndarray:
@@ -206,7 +298,7 @@ class AutoScaleModel:
       for s in range(samples):
         problems = [dataclasses.replace(p, fits=tuple(f[s] for f in fits))
                     for p, fits in zip(self.ddo, refits)]
-        draws.append(AutoScaleModel.from_ddo(problems).predict_weights(target))
+        draws.append(AutoScaleModel.from_ddo(problems, self.mode).predict_weights(target))
     draws = np.array(draws)
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return WeightInterval(self.predict_weights(target), low, high, draws)
@@ -214,11 +306,12 @@ class AutoScaleModel:
   def to_dict(self) -> dict[str, Any]:
     """The inputs that rebuild this model exactly (from_dict refits them)."""
     return {'budgets': self.budgets.tolist(), 'quantities': self.quantities.tolist(),
-            'held': list(self.held),
+            'held': list(self.held), 'mode': self.mode,
             'ddo': None if self.ddo is None else [p.to_dict() for p in self.ddo]}
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> 'AutoScaleModel':
+    mode = d.get('mode', 'hold')  # models saved before the mode existed held pinned domains
     if d.get('ddo') is not None:
-      return cls.from_ddo([DDOProblem.from_dict(p) for p in d['ddo']])
-    return cls.fit(dict(zip(d['budgets'], d['quantities'])), d['held'])
+      return cls.from_ddo([DDOProblem.from_dict(p) for p in d['ddo']], mode)
+    return cls.fit(dict(zip(d['budgets'], d['quantities'])), d['held'], mode)

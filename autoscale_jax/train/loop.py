@@ -28,7 +28,7 @@ from autoscale_jax.data import mixture
 from autoscale_jax.errors import UserError
 from autoscale_jax.train import metrics as metrics_lib
 from autoscale_jax.train.checkpoint import Checkpointer
-from autoscale_jax.train.trainer import objective
+from autoscale_jax.train.trainer import objective, summarize_eval
 
 POINTS_PER_RUN = 20  # training records per run at least, whatever train.log_every says
 
@@ -48,7 +48,7 @@ class Program(Protocol):
     """One step of every run; metrics 'loss', 'grad_norm', 'lr' with a leading axis of N."""
 
   def evaluate(self, state: Any) -> np.ndarray:
-    """Per-run, per-domain mean validation loss, float64 [N, m]."""
+    """Per-run, per-domain summed evaluation statistics (trainer.EVAL_STATS), [N, m, 6]."""
 
 
 @dataclasses.dataclass
@@ -84,14 +84,19 @@ def diverged(name: str, loss: float, step: int, ckpt: Checkpointer,
 
 
 def record_eval(writer: metrics_lib.MetricWriter, name: str, step: int, names: list[str],
-                losses, eval_cfg: ml_collections.ConfigDict) -> dict:
-  """Writes one evaluation (objective and per-domain losses) to the run's metrics and log."""
-  per_domain = {n: float(l) for n, l in zip(names, losses)}
-  record = {'objective': objective(per_domain, eval_cfg),
-            **{f'val_loss/{n}': l for n, l in per_domain.items()}}
+                stats: np.ndarray, eval_cfg: ml_collections.ConfigDict) -> dict:
+  """Writes one evaluation to the run's metrics and log: the objective, and per domain the loss,
+  its standard error over the validation sequences and the perplexity of eval.perplexity."""
+  summary = summarize_eval(stats)
+  loss = {n: float(v) for n, v in zip(names, summary['loss'])}
+  ppl = {n: float(v) for n, v in zip(names, summary[f"ppl_{eval_cfg.get('perplexity', 'token')}"])}
+  record = {'objective': objective(loss, eval_cfg, ppl),
+            **{f'val_loss/{n}': v for n, v in loss.items()},
+            **{f'val_loss_se/{n}': float(v) for n, v in zip(names, summary['loss_se'])},
+            **{f'val_ppl/{n}': v for n, v in ppl.items()}}
   writer.write(step, record)
   logging.info('[%s] eval step %d: objective %.4f  %s', name, step, record['objective'],
-               '  '.join(f'{n} {math.exp(l):.2f}' for n, l in per_domain.items()))
+               '  '.join(f'{n} {v:.2f}' for n, v in ppl.items()))
   return {'step': step, **record}
 
 
@@ -125,8 +130,11 @@ def result_record(config: ml_collections.ConfigDict, *, name: str, fingerprint: 
       'domains': list(names),
       'objective': final['objective'],
       'objective_kind': config.eval.objective,
+      'perplexity': config.eval.get('perplexity', 'token'),
       'val_loss': {n: final[f'val_loss/{n}'] for n in names},
-      'val_ppl': {n: math.exp(final[f'val_loss/{n}']) for n in names},
+      # Evaluations from before these fields existed (a run resumed across the change) lack them.
+      'val_loss_se': {n: final.get(f'val_loss_se/{n}') for n in names},
+      'val_ppl': {n: final.get(f'val_ppl/{n}', math.exp(final[f'val_loss/{n}'])) for n in names},
       'requested_sequences': counts.tolist(),
       'trained_sequences': seen.tolist(),
       'trained_tokens': (seen * seq_len).tolist(),
@@ -134,7 +142,8 @@ def result_record(config: ml_collections.ConfigDict, *, name: str, fingerprint: 
       'steps': int(steps),
       'seq_len': seq_len,
       'evals': [{'step': e['step'], 'objective': e['objective'],
-                 'tokens': e['step'] * tokens_per_step} for e in evals],
+                 'tokens': e['step'] * tokens_per_step,
+                 'val_loss': {n: e[f'val_loss/{n}'] for n in names}} for e in evals],
       'wall_s_last_session': wall_s,
   }
 

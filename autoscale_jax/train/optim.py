@@ -42,6 +42,8 @@ def check_optimizer(cfg: ml_collections.ConfigDict) -> None:
     raise bad('lr', 'a finite number > 0')
   if number('warmup_steps') < 0:
     raise bad('warmup_steps', '>= 0')
+  if not 0 <= number('warmup_ratio') < 1:
+    raise bad('warmup_ratio', 'in [0, 1)')
   if not 0 <= number('min_lr_ratio') <= 1:
     raise bad('min_lr_ratio', 'in [0, 1]')
   for field in ('b1', 'b2'):
@@ -54,6 +56,17 @@ def check_optimizer(cfg: ml_collections.ConfigDict) -> None:
       raise bad(field, '>= 0 (0 disables it)')
 
 
+def warmup_steps(cfg: ml_collections.ConfigDict, total_steps):
+  """cfg.warmup_steps, or when it is 0 the fraction cfg.warmup_ratio of the run, rounded up.
+
+  A ratio keeps every proxy run's warmup the same share of it (as the AutoScale authors' scripts
+  do): a fixed count is a far larger share of the short runs and biases the perturbations.
+  """
+  if cfg.warmup_steps:
+    return jnp.float32(cfg.warmup_steps)
+  return jnp.ceil(jnp.float32(cfg.get('warmup_ratio', 0.0)) * total_steps)
+
+
 def learning_rate(cfg: ml_collections.ConfigDict, step, total_steps) -> jax.Array:
   """Linear warmup from 0 to cfg.lr, then decay to min_lr_ratio * lr at the run's last step.
 
@@ -62,7 +75,7 @@ def learning_rate(cfg: ml_collections.ConfigDict, step, total_steps) -> jax.Arra
   check_schedule(cfg)
   step = jnp.asarray(step, jnp.float32)
   total = jnp.asarray(total_steps, jnp.float32)
-  warmup = jnp.minimum(jnp.float32(cfg.warmup_steps), jnp.maximum(total - 1, 0))
+  warmup = jnp.minimum(warmup_steps(cfg, total), jnp.maximum(total - 1, 0))
   frac = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1), 0.0, 1.0)
   peak, end = cfg.lr, cfg.lr * cfg.min_lr_ratio
   if cfg.schedule == 'cosine':

@@ -44,7 +44,9 @@ OPTIMIZER_FIELDS = ('batch_size', 'grad_accum', 'lr', 'warmup_steps', 'schedule'
 EVAL_FIELDS = ('objective', 'objective_weights', 'batch_size')
 # Fields added after runs were first fingerprinted, with the value every earlier run had: a
 # field is hashed only away from that value, so adding one changes no existing fingerprint.
-LATER_FIELDS = {('model', 'scan_unroll'): 1, ('model', 'attention_impl'): 'xla'}
+# ('train', 'warmup_ratio') counts only where it acts, i.e. when train.warmup_steps is 0.
+LATER_FIELDS = {('model', 'scan_unroll'): 1, ('model', 'attention_impl'): 'xla',
+                ('train', 'warmup_ratio'): 0.0, ('eval', 'perplexity'): 'token'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,20 +65,25 @@ def _plain(value):
 def run_description(config: ml_collections.ConfigDict, counts: np.ndarray, seed: int,
                     tokenizer_hash: str) -> dict:
   """Everything that shapes a run's result, as JSON data (what the fingerprint hashes)."""
-  model = {k: _plain(config.model[k]) for k in MODEL_FIELDS}
-  for (section, field), legacy in LATER_FIELDS.items():
-    if section == 'model' and config.model[field] != legacy:
-      model[field] = config.model[field]
-  shaping = {
-      'model': model,
+  shaping_sections = {
+      'model': {k: _plain(config.model[k]) for k in MODEL_FIELDS},
       'optimizer': {k: config.train[k] for k in OPTIMIZER_FIELDS},
+      'eval': {k: _plain(config.eval[k]) for k in EVAL_FIELDS},
+  }
+  for (section, field), legacy in LATER_FIELDS.items():
+    value = config[section][field]
+    if section == 'train' and field == 'warmup_ratio' and config.train.warmup_steps:
+      value = legacy  # a fixed warmup_steps overrides the ratio
+    if value != legacy:
+      shaping_sections['optimizer' if section == 'train' else section][field] = value
+  shaping = {
+      **shaping_sections,
       'seq_len': config.data.seq_len,
       'domains': [d.name for d in config.data.domains],
       'val_sequences': config.data.val_sequences,
       'counts': [int(c) for c in counts],
       'seed': int(seed),
       'tokenizer': tokenizer_hash,
-      'eval': {k: _plain(config.eval[k]) for k in EVAL_FIELDS},
   }
   return json.loads(json.dumps(shaping, sort_keys=True, default=str))
 
@@ -167,7 +174,7 @@ class _Single:
     return self.trainer.step(state, batch, self.key, self.total_steps)
 
   def evaluate(self, state) -> np.ndarray:
-    return self.trainer.evaluate(state.params, self.val, self.key)[0][None]
+    return self.trainer.evaluate(state.params, self.val, self.key)[None]
 
 
 class _Stack:

@@ -33,7 +33,6 @@ driver with its checkpoints train/runs.py. What stacking buys is measured by ben
 import dataclasses
 import functools
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -42,7 +41,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from autoscale_jax.train import mesh as mesh_lib
-from autoscale_jax.train.trainer import Trainer, TrainState, eval_step, mesh_context, train_step
+from autoscale_jax.train.trainer import (
+  EVAL_STATS,
+  Trainer,
+  TrainState,
+  eval_step,
+  merge_eval,
+  mesh_context,
+  train_step,
+)
 
 
 # ------------------------------------------------------------------------------ layout
@@ -191,7 +198,7 @@ class StackedTrainer:
     self._eval_step = jax.jit(veval,
                               in_shardings=(self.state_shardings.params,
                                             self.run_batch_sharding, replicated),
-                              out_shardings=(replicated, replicated))
+                              out_shardings=replicated)
     self._init = jax.jit(jax.vmap(trainer.make_state), in_shardings=(replicated,),
                          out_shardings=self.state_shardings)
     self._member = jax.jit(lambda s, r: jax.tree.map(lambda x: x[r], s),
@@ -209,17 +216,13 @@ class StackedTrainer:
       return self._train_step(state, batch, keys, np.asarray(total_steps, np.int32))
 
   def evaluate(self, params, batches, keys: jax.Array) -> np.ndarray:
-    """Per-run, per-domain mean validation loss, float64 [N, m]."""
-    m = self.trainer.num_domains
-    sums = np.zeros((self.num_runs, m), np.float64)
-    counts = np.zeros((self.num_runs, m), np.float64)
+    """Per-run, per-domain EVAL_STATS, float64 [N, m, 6]."""
+    stats = np.zeros((self.num_runs, self.trainer.num_domains, len(EVAL_STATS)), np.float64)
     eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)  # as Trainer.evaluate
     with mesh_context(self.mesh, self.rules):
       for batch in batches:
-        s, c = self._eval_step(params, batch, eval_keys)
-        sums += np.asarray(jax.device_get(s), np.float64)
-        counts += np.asarray(jax.device_get(c), np.float64)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)
+        stats = merge_eval(stats, jax.device_get(self._eval_step(params, batch, eval_keys)))
+    return stats
 
   def member(self, state: TrainState, r: int) -> TrainState:
     """Run r's state alone, laid out as the single-run Trainer lays it out."""

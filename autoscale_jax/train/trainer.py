@@ -99,13 +99,55 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, total_steps: jax
   return new_state, metrics
 
 
+# Per-domain statistics of an evaluation (the last axis of eval_step's output): the token-level
+# loss sum and token count, then over sequences their count, the sum of their mean losses, the
+# sum of squared deviations of those from the domain's mean (combined across batches by
+# merge_eval, which keeps it exact in float32) and the sum of their perplexities.
+EVAL_STATS = ('loss_sum', 'tokens', 'sequences', 'seq_loss', 'seq_loss_m2', 'seq_ppl')
+PERPLEXITIES = ('token', 'sequence')
+
+
 def eval_step(params, batch: Batch, rng: jax.Array, *, per_example_loss, num_domains: int):
-  """Per-domain summed loss and token count of one validation batch (padding rows masked)."""
+  """EVAL_STATS per domain of one validation batch, [num_domains, 6] (padding rows masked)."""
   loss_sum, count = per_example_loss(params, batch, rng, train=False)
-  domain = jnp.where(count > 0, batch['domain'], num_domains)  # padding -> overflow segment
-  sums = jax.ops.segment_sum(loss_sum, domain, num_segments=num_domains + 1)[:num_domains]
-  counts = jax.ops.segment_sum(count, domain, num_segments=num_domains + 1)[:num_domains]
-  return sums, counts
+  real = count > 0
+  seq_loss = jnp.where(real, loss_sum / jnp.maximum(count, 1), 0.0)
+  domain = jnp.where(real, batch['domain'], num_domains)  # padding -> overflow segment
+
+  def per_domain(values):
+    return jax.ops.segment_sum(values, domain, num_segments=num_domains + 1)
+
+  n = per_domain(real.astype(loss_sum.dtype))
+  mean = per_domain(seq_loss) / jnp.maximum(n, 1)
+  m2 = per_domain(jnp.where(real, (seq_loss - mean[domain])**2, 0.0))
+  columns = [per_domain(loss_sum), per_domain(count), n, per_domain(seq_loss), m2,
+             per_domain(jnp.where(real, jnp.exp(seq_loss), 0.0))]
+  return jnp.stack(columns, axis=-1)[:num_domains]
+
+
+def merge_eval(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Two EVAL_STATS arrays [..., m, 6] of disjoint sequences -> the stats of all of them."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  out = a + b
+  n_a, n_b = a[..., 2], b[..., 2]
+  n = np.maximum(n_a + n_b, 1)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    delta = np.where((n_a > 0) & (n_b > 0), b[..., 3] / np.maximum(n_b, 1)
+                     - a[..., 3] / np.maximum(n_a, 1), 0.0)
+  out[..., 4] = a[..., 4] + b[..., 4] + delta**2 * n_a * n_b / n
+  return out
+
+
+def summarize_eval(stats: np.ndarray) -> dict[str, np.ndarray]:
+  """From EVAL_STATS [..., m, 6]: per domain the token-mean loss, the two perplexities and the
+  standard error of the loss over the validation sequences (nan below 2 sequences)."""
+  loss_sum, tokens, n, _, m2, ppl = np.moveaxis(np.asarray(stats, np.float64), -1, 0)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    loss = np.where(tokens > 0, loss_sum / tokens, math.nan)
+    var = np.where(n > 1, m2 / (n - 1), math.nan)
+    return {'loss': loss, 'ppl_token': np.exp(loss),
+            'ppl_sequence': np.where(n > 0, ppl / n, math.nan),
+            'loss_se': np.sqrt(var / np.maximum(n, 1))}
 
 
 def check_batch(train_cfg: ml_collections.ConfigDict, dp: int) -> None:
@@ -123,11 +165,18 @@ def check_batch(train_cfg: ml_collections.ConfigDict, dp: int) -> None:
 OBJECTIVES = ('mean_ppl', 'mean_loss', 'weighted_ppl', 'weighted_loss')
 
 
-def objective(per_domain_loss: dict[str, float], cfg: ml_collections.ConfigDict) -> float:
-  """The number DDO minimises: by default the equal-weight mean of per-domain perplexities."""
+def objective(per_domain_loss: dict[str, float], cfg: ml_collections.ConfigDict,
+              per_domain_ppl: dict[str, float] | None = None) -> float:
+  """The number DDO minimises: by default the equal-weight mean of per-domain perplexities.
+
+  *_ppl objectives use `per_domain_ppl` when given (eval.perplexity='sequence'), else exp(loss).
+  """
   kind = cfg.objective
   if kind not in OBJECTIVES:
     raise ConfigError(f"config.eval.objective is '{kind}'; use one of {', '.join(OBJECTIVES)}.")
+  if cfg.get('perplexity', 'token') not in PERPLEXITIES:
+    raise ConfigError(f"config.eval.perplexity is '{cfg.perplexity}'; use 'token' (exp of the "
+                      "token-mean loss) or 'sequence' (mean of per-sequence perplexities).")
   names = list(per_domain_loss)
   if kind.startswith('weighted'):
     weights = dict(cfg.objective_weights or {})
@@ -143,7 +192,12 @@ def objective(per_domain_loss: dict[str, float], cfg: ml_collections.ConfigDict)
   else:
     w = np.full(len(names), 1.0 / len(names))
   losses = np.array([per_domain_loss[n] for n in names], np.float64)
-  values = np.exp(losses) if kind.endswith('ppl') else losses
+  if not kind.endswith('ppl'):
+    values = losses
+  elif per_domain_ppl is not None:
+    values = np.array([per_domain_ppl[n] for n in names], np.float64)
+  else:
+    values = np.exp(losses)
   return float(np.dot(w, values))
 
 
@@ -217,7 +271,7 @@ class Trainer:
                                  num_domains=self.num_domains)
     self._eval_step = jax.jit(evaluate, in_shardings=(param_sh, self.batch_shardings,
                                                       replicated),
-                              out_shardings=(replicated, replicated))
+                              out_shardings=replicated)
     self._init = jax.jit(self.make_state, out_shardings=self.state_shardings)
 
   def make_state(self, rng: jax.Array) -> TrainState:
@@ -246,16 +300,11 @@ class Trainer:
     with mesh_context(self.mesh, self.rules):
       return self._train_step(state, batch, rng, np.int32(total_steps))
 
-  def evaluate(self, params, batches: Iterable[Batch],
-               rng: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Per-domain mean loss and token counts over fixed validation batches."""
-    sums = np.zeros(self.num_domains, np.float64)
-    counts = np.zeros(self.num_domains, np.float64)
+  def evaluate(self, params, batches: Iterable[Batch], rng: jax.Array) -> np.ndarray:
+    """Per-domain EVAL_STATS [m, 6] (float64) over fixed validation batches."""
+    stats = np.zeros((self.num_domains, len(EVAL_STATS)), np.float64)
     eval_rng = jax.random.fold_in(rng, 2)  # fixed: BERT masks the same positions every time
     with mesh_context(self.mesh, self.rules):
       for batch in batches:
-        s, c = self._eval_step(params, batch, eval_rng)
-        sums += np.asarray(jax.device_get(s), np.float64)
-        counts += np.asarray(jax.device_get(c), np.float64)
-    losses = np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)
-    return losses, counts
+        stats = merge_eval(stats, jax.device_get(self._eval_step(params, batch, eval_rng)))
+    return stats
