@@ -127,22 +127,34 @@ def get_config() -> ml_collections.ConfigDict:
   c.ddo.factors = (0.2, 3.0)  # each domain's quantity is scaled by each factor, the others fixed
   c.ddo.replicates = 1  # seeds per plan entry (> 1 gives the fits seed noise for the interval)
   c.ddo.upper = 'factor'  # multiplier cap: 'factor' (largest factor tested, and the data) | 'data'
+  # Budgets where a full DDO checks the prediction, never fed to the fit: between the DDO
+  # budgets it checks interpolation, above them extrapolation (the paper checks 0.6B).
+  c.ddo.check_budgets = ()
 
   # --- AutoScale prediction --------------------------------------------------------------------
   c.predict = ml_collections.ConfigDict()
   c.predict.targets = (1_200_000,)  # token budgets to predict the optimal mixture for
   c.predict.interval_level = 0.9  # coverage of the reported bootstrap interval on each weight
   c.predict.interval_samples = 100  # bootstrap samples behind the interval
-  # Seed-to-seed spread of objective ratios (std) used to resample the fits; 0 = resample the fit
-  # residuals only (zero width with the paper's 3-point fits; then run ddo.replicates > 1).
+  # Seed-to-seed spread of objective ratios (std) used to resample the fits. Only a fallback: with
+  # ddo.replicates > 1 it is measured from the replicates; used, the report names it an
+  # assumption. 0 = resample the fit residuals only (zero width with 3-point fits).
   c.predict.noise = 0.005
+  # Domains on a DDO bound: 'extrapolate' (the paper: every domain follows the law) or 'hold'
+  # (keep their weight at the largest DDO budget).
+  c.predict.pinned = 'extrapolate'
 
   # --- validation: target runs of the predicted mixture against baselines -----------------------
   c.validate = ml_collections.ConfigDict()
   c.validate.enabled = True  # train the predicted mixture and the baselines at the targets
   c.validate.targets = ()  # target budgets to validate at; () = every predict.targets entry
-  # Baseline mixtures by name: 'uniform', 'natural' or {domain: weight} summing to 1.
-  c.validate.baselines = ml_collections.ConfigDict({'uniform': 'uniform', 'natural': 'natural'})
+  # Baseline mixtures by name: 'uniform', 'natural', 'reuse' (the DDO optimum of the largest DDO
+  # budget used as is, the practice AutoScale claims to beat) or {domain: weight} summing to 1.
+  c.validate.baselines = ml_collections.ConfigDict(
+      {'uniform': 'uniform', 'natural': 'natural', 'reuse': 'reuse'})
+  # Seeds per validation mixture (seed s of every mixture shares its initialization, so the
+  # verdicts pair them); 1 gives no interval. Real configs: 3.
+  c.validate.seeds = 1
   c.validate.eval_every = 40  # steps between evaluations of validation runs (objective curves)
 
   # --- mesh ----------------------------------------------------------------------------------

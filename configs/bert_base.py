@@ -53,6 +53,7 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/bert') -> ml_collections.Config
   c.predict.targets = (1_600_000_000, 5_000_000_000)  # predicted optima
   c.validate.targets = (1_600_000_000,)  # validated at 4x the largest DDO budget
   c.validate.eval_every = 1000  # points on each validation curve
+  c.validate.seeds = 3  # per mixture: verdicts with a 95% interval
 
   c.mesh.data = -1  # data parallel; BERT base fits on one accelerator
   return c

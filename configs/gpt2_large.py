@@ -43,14 +43,18 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/redpajama') -> ml_collections.C
 
   c.ddo.budgets = (300_000_000, 1_200_000_000)  # the paper's two DDO budgets
   c.ddo.factors = (0.2, 3.0)  # the paper's perturbations: 15 runs per budget for 7 domains
+  # The paper's check: a full DDO at 0.6B, between the two DDO budgets (interpolation).
+  c.ddo.check_budgets = (600_000_000,)
 
   c.predict.targets = (3_000_000_000, 5_000_000_000, 10_000_000_000)  # predicted optima
   c.predict.interval_samples = 200  # bootstrap samples for the interval on each weight
 
   c.validate.targets = (3_000_000_000,)  # the paper validates at 3B tokens
   c.validate.baselines = ml_collections.ConfigDict(
-      {'uniform': 'uniform', 'llama': dict(defaults.LLAMA_WEIGHTS)})  # the mixtures to beat
+      {'uniform': 'uniform', 'llama': dict(defaults.LLAMA_WEIGHTS),
+       'reuse': 'reuse'})  # the mixtures to beat
   c.validate.eval_every = 250  # points on each validation curve (every ~65M tokens)
+  c.validate.seeds = 3  # per mixture: verdicts with a 95% interval
 
   c.mesh.data = 1  # no pure data parallelism inside a slice: ...
   c.mesh.fsdp = -1  # ... shard parameters and batch over every chip (ZeRO-3 style)

@@ -40,8 +40,10 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/redpajama') -> ml_collections.C
 
   c.validate.targets = (480_000_000,)  # validated at 4x the largest DDO budget
   c.validate.baselines = ml_collections.ConfigDict(
-      {'uniform': 'uniform', 'llama': dict(defaults.LLAMA_WEIGHTS)})  # the mixtures to beat
+      {'uniform': 'uniform', 'llama': dict(defaults.LLAMA_WEIGHTS),
+       'reuse': 'reuse'})  # the mixtures to beat
   c.validate.eval_every = 250  # points on each validation curve
+  c.validate.seeds = 3  # per mixture: verdicts with a 95% interval
 
   c.mesh.data = -1  # data parallel over the workstation's GPUs
   return c

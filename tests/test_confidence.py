@@ -58,13 +58,13 @@ def test_saved_interval_counts_not_reached_draws():
   # Seed 0: the candidate is clearly ahead; seed 1: it never reaches the baseline's final value.
   cand = np.array([[8.0, 6.0, 5.0, 4.0], [9.0, 8.0, 7.5, 7.0]])
   base = np.array([[9.0, 7.0, 6.0, 5.0], [9.0, 7.0, 6.0, 5.0]])
-  s = conf.saved_interval(tokens, cand, base, samples=4000, seed=1)
+  s = conf.saved_interval(tokens, cand, base[:, -1], samples=4000, seed=1)
   # Mean curves: candidate [8.5, 7, 6.25, 5.5] never reaches 5.0.
   assert s.value is None and s.n == 2
   # Draws: both seed 0 (1/4 of draws) -> reached; else the mix or seed 1 alone -> not reached.
   assert s.not_reached == pytest.approx(0.75, abs=0.03)
   assert s.low is None and s.high == pytest.approx(1 - 300 / 400)
-  one = conf.saved_interval(tokens, cand[:1], base[:1])
+  one = conf.saved_interval(tokens, cand[:1], base[:1, -1])
   assert one.value == one.low == one.high == pytest.approx(0.25) and one.not_reached == 0.0
 
 

@@ -1,5 +1,5 @@
-"""The AutoScale pipeline end to end on the tiny config: artifacts, kill and resume, report rebuild,
-the dry-run plan, the workdir lock and the tokens-saved arithmetic."""
+"""The AutoScale pipeline end to end on the tiny config: artifacts, seeds and verdicts, the check
+budget, kill and resume, report rebuild, the dry-run plan and the workdir lock."""
 
 import json
 import os
@@ -11,15 +11,17 @@ import time
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from autoscale_jax import pipeline
 from autoscale_jax.configs import gpt2_large, tiny
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import PowerLaw
-from autoscale_jax.pipeline import plan, validate
+from autoscale_jax.pipeline import plan
 from test_config_fields import missing_reads
 
-# Three demo domains: 7 DDO runs per budget, 3 validation runs (predicted + 2 baselines).
+# Three demo domains: 7 DDO runs per budget and at the check budget between them, then 8
+# validation runs (predicted + 3 baselines, 2 seeds each).
 CONFIG_FILE = '''
 import ml_collections
 
@@ -32,9 +34,12 @@ def get_config():
   c.data.max_docs = 150
   c.data.cache_dir = {cache!r}  # token stores shared by the test's workdirs
   c.ddo.budgets = (6_144, 12_288)
+  c.ddo.check_budgets = (9_216,)
   c.predict.targets = (24_576,)
   c.validate.baselines = ml_collections.ConfigDict(
-      {{'uniform': 'uniform', 'code_heavy': {{'code': 0.6, 'speeches': 0.2, 'plays': 0.2}}}})
+      {{'uniform': 'uniform', 'code_heavy': {{'code': 0.6, 'speeches': 0.2, 'plays': 0.2}},
+        'reuse': 'reuse'}})
+  c.validate.seeds = 2
   return c
 '''
 
@@ -134,12 +139,12 @@ def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
              log)
   middle = _results(workdir)
   assert {k: middle[k] for k in before} == before  # nothing finished was trained again
-  assert 14 <= len(middle) < 17 and not (workdir / 'validation').exists()
+  assert 14 <= len(middle) < 29 and not (workdir / 'validation').exists()
 
   pipeline.dispatch(config, str(workdir))
   after = _results(workdir)
   assert {k: after[k] for k in middle} == middle
-  assert len(after) == 7 + 7 + 3
+  assert len(after) == 7 + 7 + 7 + 4 * 2
   assert not (workdir / 'LOCK').exists()
   # Bitwise the same results, curves and report as without the kills.
   assert _outputs(workdir) == _outputs(reference)
@@ -182,25 +187,49 @@ def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
   predictions = json.loads((workdir / 'autoscale' / 'predictions.json').read_text())
   target = predictions['targets']['24576']
   np.testing.assert_allclose(np.sum(target['quantities']), 24576, rtol=1e-9)
-  assert all(lo <= w <= hi for w, lo, hi in zip(target['weights'], target['low'], target['high']))
+  assert all(lo <= hi for lo, hi in zip(target['low'], target['high']))
   assert json.loads((workdir / 'autoscale' / 'model.json').read_text())['domains'] == names
 
   validation = json.loads((workdir / 'validation' / '24576.json').read_text())
-  assert set(validation['runs']) == {'predicted', 'uniform', 'code_heavy'}
+  assert set(validation['runs']) == {'predicted', 'uniform', 'code_heavy', 'reuse'}
+  assert validation['seeds'] == [0, 1]
   np.testing.assert_allclose(validation['runs']['predicted']['weights'], target['weights'])
+  largest = json.loads((workdir / 'budgets' / '12288' / 'optimum.json').read_text())
+  np.testing.assert_allclose(validation['runs']['reuse']['weights'], largest['weights'])
+  finals = {}
   for name, run in validation['runs'].items():
-    assert run['curve'][-1]['tokens'] == 24576 and len(run['curve']) >= 3
-    if name != 'predicted':
-      reach = run['predicted_reaches_at']
-      assert (run['tokens_saved'] is None) == (reach is None)
-      if reach is not None:
-        np.testing.assert_allclose(run['tokens_saved'], 1 - reach / 24576)
+    assert [s['seed'] for s in run['seeds']] == [0, 1]
+    finals[name] = []
+    for s in run['seeds']:
+      result = json.loads((workdir / 'runs' / s['fingerprint'] / 'result.json').read_text())
+      assert s['objective'] == result['objective']
+      assert s['curve'][-1]['tokens'] == 24576 and len(s['curve']) >= 3
+      finals[name].append(result['objective'])
+  for name, verdict in validation['verdicts'].items():
+    d = np.array(finals['predicted']) - np.array(finals[name])  # paired by seed
+    half = stats.t.ppf(0.975, 1) * d.std(ddof=1) / np.sqrt(2)
+    got = verdict['objective']
+    np.testing.assert_allclose([got['mean'], got['low'], got['high']],
+                               [d.mean(), d.mean() - half, d.mean() + half], rtol=1e-9)
+    assert got['verdict'] == ('better' if d.mean() + half < 0 else
+                              'worse' if d.mean() - half > 0 else 'inconclusive')
+    assert set(verdict['domains']) == set(names)
+
+  # The check budget: its own DDO, never fed to the fit, compared with the prediction there.
+  check = json.loads((workdir / 'checks' / '9216' / 'check.json').read_text())
+  ddo_there = json.loads((workdir / 'checks' / '9216' / 'optimum.json').read_text())
+  assert check['kind'] == 'interpolation' and check['nearest_below']['budget'] == 6144
+  np.testing.assert_allclose(check['l1_predicted'], np.abs(
+      np.array(predictions['checks']['9216']) - ddo_there['weights']).sum(), rtol=1e-12)
+  assert predictions['budgets'] == [6144, 12288]  # the check budget is not among the fitted
 
   report = workdir / 'report' / 'report.md'
   text = report.read_text()
-  for heading in ('## DDO budgets', '## AutoScale prediction', '## Validation',
-                  '## Training curves'):
+  for heading in ('## Verdicts', '## DDO budgets', '## AutoScale prediction', '## Check budgets',
+                  '## Validation', '## Training curves'):
     assert heading in text
+  assert text.index('## Verdicts') < text.index('## DDO budgets')  # the answer comes first
+  assert 'What the answer cost: the DDO proxy runs trained' in text
   for png in ('fits.png', 'weights.png', 'validation.png', 'curves.png'):
     data = (workdir / 'report' / png).read_bytes()
     assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000
@@ -219,11 +248,14 @@ def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
 def test_dry_run_prints_the_full_plan_of_the_paper_config():
   lines = []
   plan.dry_run(gpt2_large.get_config(), lines.append)  # no data needed, nothing trained
-  runs = [l.split() for l in lines if l.startswith(('ddo ', 'validate '))]
-  # 7 domains: 2 x 15 DDO runs, then predicted + uniform + LLaMA at the 3B validation target.
+  runs = [l.split() for l in lines if l.startswith(('ddo ', 'check ', 'validate '))]
+  # 7 domains: 2 x 15 DDO runs, 15 at the 0.6B check budget, then predicted + uniform + LLaMA +
+  # reuse at the 3B validation target, 3 seeds each.
   assert sum(r[:2] == ['ddo', '300,000,000'] for r in runs) == 15
   assert sum(r[:2] == ['ddo', '1,200,000,000'] for r in runs) == 15
-  assert sum(r[0] == 'validate' for r in runs) == 3
+  assert sum(r[:2] == ['check', '600,000,000'] for r in runs) == 15
+  assert sum(r[0] == 'validate' for r in runs) == 12
+  assert sum(r[2] == 'reuse' for r in runs) == 3
   base = next(r for r in runs if r[:3] == ['ddo', '300,000,000', 'base'])
   per_domain = [int(v.replace(',', '')) for v in base[-7:]]
   assert per_domain == [per_domain[0]] * 7 and abs(sum(per_domain) - 300_000_000) < 7 * 1024
@@ -232,7 +264,7 @@ def test_dry_run_prints_the_full_plan_of_the_paper_config():
   cc = int(llama[-7].replace(',', ''))
   assert abs(cc - 0.67 * 3_000_000_000) <= 1024
   assert lines[0].startswith('Plan for mode=autoscale: gpt2-large, 7 domains, seq_len 1024')
-  assert lines[-1].startswith('33 runs')
+  assert lines[-1].startswith('57 runs')
 
 
 def test_a_second_pipeline_on_the_same_workdir_is_refused(tmp_path):
@@ -248,12 +280,3 @@ def test_a_second_pipeline_on_the_same_workdir_is_refused(tmp_path):
   finally:
     holder.kill()
     holder.wait()
-
-
-def test_tokens_to_reach_interpolates_the_curve():
-  curve = [{'tokens': 100, 'objective': 10.0}, {'tokens': 200, 'objective': 6.0},
-           {'tokens': 300, 'objective': 5.0}]
-  assert validate.tokens_to_reach(curve, 8.0) == pytest.approx(150.0)
-  assert validate.tokens_to_reach(curve, 12.0) == 100.0
-  assert validate.tokens_to_reach(curve, 5.0) == 300.0
-  assert validate.tokens_to_reach(curve, 4.9) is None

@@ -55,6 +55,7 @@ def test_each_log_line_printed_once_with_bars():
   for i in range(4):
     assert out.count(f'marker line {i}') == 1, out
   assert 'bar:' in out and '%|' in out  # the tqdm bar itself was drawn
+  assert 'Traceback' not in out  # absl's handler leaves the wrapped stderr open at exit
 
 
 def test_plain_mode_has_no_bar_and_logs_once():

@@ -95,21 +95,22 @@ class Saved:
     return dataclasses.asdict(self)
 
 
-def saved_interval(tokens: ArrayLike, candidate: ArrayLike, baseline: ArrayLike,
+def saved_interval(tokens: ArrayLike, candidate: ArrayLike, baseline_final: ArrayLike,
                    level: float = LEVEL, samples: int = 2000, seed: int = 0) -> Saved:
-  """Tokens saved by the candidate over the baseline, on curves [seeds, points] that share the
-  evaluation points `tokens`; the interval resamples seeds (paired: one draw picks seed s of
-  both). With one seed the interval collapses to the value."""
-  cand, base = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
-  if cand.ndim != 2 or cand.shape != base.shape or cand.shape[1] != np.size(tokens):
-    raise UserError(f'saved_interval needs [seeds, points] curves of one shape matching tokens; '
-                    f'got {cand.shape}, {base.shape} and {np.size(tokens)} points.')
-  value = tokens_saved(tokens, cand.mean(0), base.mean(0)[-1])
+  """Tokens saved by the candidate (objective curves [seeds, points] at the evaluation points
+  `tokens`, the last one the budget) over a baseline's final objectives [seeds], on the seed
+  means; the interval resamples seeds (paired: a draw picks seed s of both). With one seed it
+  collapses to the value."""
+  cand, base = np.asarray(candidate, np.float64), np.asarray(baseline_final, np.float64)
+  if cand.ndim != 2 or cand.shape[1] != np.size(tokens) or base.shape != cand.shape[:1]:
+    raise UserError(f'saved_interval needs candidate curves [seeds, points] matching tokens and '
+                    f'one baseline value per seed; got {cand.shape}, {np.size(tokens)} points '
+                    f'and {base.shape}.')
+  value = tokens_saved(tokens, cand.mean(0), base.mean())
   n = cand.shape[0]
-  rng = np.random.default_rng(seed)
-  draws = rng.integers(0, n, size=(samples, n))
+  draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
   # Not reached ranks below every reached value: -inf while sorting, None when reported.
-  values = np.array([_or_minus_inf(tokens_saved(tokens, cand[i].mean(0), base[i].mean(0)[-1]))
+  values = np.array([_or_minus_inf(tokens_saved(tokens, cand[i].mean(0), base[i].mean()))
                      for i in draws])
   low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2], method='inverted_cdf')
   return Saved(value, _finite(low), _finite(high), float(np.mean(np.isinf(values))), n)

@@ -6,9 +6,10 @@ Workdir layout (every file written atomically; a file's presence means its step 
   runs/<fingerprint>/        one training run: config.json, checkpoints/, metrics.jsonl,
                              result.json (written last; a run with it is never trained again)
   budgets/<tokens>/          one DDO budget: plan.json, fits.json, optimum.json (ddo.py)
+  checks/<tokens>/           a ddo.check_budgets DDO, as budgets/, + check.json (never fitted)
   autoscale/                 model.json (the fitted AutoScaleModel), predictions.json (predict.py)
-  validation/<tokens>.json   target runs of the predicted mixture against the baselines
-                             (validate.py)
+  validation/<tokens>.json   target runs of the predicted mixture against the baselines, every
+                             seed, with the verdicts (validate.py)
   report/                    report.md and its plots (autoscale_jax/report; rebuilt by mode=report)
   LOCK                       who is running a pipeline here right now (lock.py)
 
@@ -57,6 +58,7 @@ def autoscale(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
   ddo.check(exp)
   baselines = validate.check(exp) if config.validate.enabled else None
   predictions = predict.run(config, workdir, ddo.run(exp))
+  ddo.run_checks(exp, predictions)
   if baselines is not None:
     validate.run(exp, predictions, baselines)
   path = report.write_report(workdir)

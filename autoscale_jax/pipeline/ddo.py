@@ -1,7 +1,9 @@
 """The DDO stage: per budget, the 2m+1 perturbed runs, a power law per domain, the optimum.
 
 budgets/<tokens>/ holds plan.json (written before training), fits.json and optimum.json (written
-last: a budget with it is done and is reused as is).
+last: a budget with it is done and is reused as is). ddo.check_budgets get the same under
+checks/<tokens>/, never read by the AutoScale fit, plus check.json: how far the prediction and
+the reused optimum of the nearest DDO budget below are from the DDO optimum there.
 """
 
 import warnings
@@ -21,6 +23,7 @@ from autoscale_jax.mixing import (
   fit_domains,
   perturbation_plan,
 )
+from autoscale_jax.mixing.confidence import Noise, pooled_noise
 from autoscale_jax.pipeline.registry import (
   Experiment,
   RunSpec,
@@ -36,9 +39,30 @@ def budgets(config: ml_collections.ConfigDict) -> list[int]:
   return sorted(positive_tokens(config.ddo.budgets, 'config.ddo.budgets'))
 
 
-def optimum_file(workdir: epath.Path, budget: int) -> epath.Path:
+CHECKS = 'checks'  # the folder of the check budgets' DDO (beside budgets/)
+
+
+def check_budgets(config: ml_collections.ConfigDict) -> list[int]:
+  """The budgets where a full DDO checks the prediction (never fitted), sorted."""
+  return sorted(positive_tokens(config.ddo.check_budgets, 'config.ddo.check_budgets')
+                if config.ddo.check_budgets else [])
+
+
+def optimum_file(workdir: epath.Path, budget: int, folder: str = 'budgets') -> epath.Path:
   """Where a budget's optimum is (the stage's last write: the budget is done once it exists)."""
-  return workdir / 'budgets' / tokens_key(budget) / 'optimum.json'
+  return workdir / folder / tokens_key(budget) / 'optimum.json'
+
+
+def fits_file(workdir: epath.Path, budget: int, folder: str = 'budgets') -> epath.Path:
+  return workdir / folder / tokens_key(budget) / 'fits.json'
+
+
+def replicate_noise(runs: list[dict]) -> Noise | None:
+  """Seed noise of the objective ratio (objective / mean base objective) from one budget's runs
+  (fits.json 'runs'): pooled over the replicates of every plan point; None without replicates."""
+  base = np.mean([r['objective'] for r in runs if r['domain'] is None])
+  return pooled_noise([(r['domain'], r['factor']) for r in runs],
+                      [r['objective'] / base for r in runs])
 
 
 def ddo_plan(config: ml_collections.ConfigDict, names: list[str], natural: np.ndarray,
@@ -91,20 +115,21 @@ def _plan(exp: Experiment, budget: int) -> tuple[list[Perturbation], list[RunSpe
 
 
 def check(exp: Experiment) -> list[int]:
-  """Every budget's data needs, checked before the first run trains; the sorted budgets."""
+  """Every budget's (and check budget's) data needs, checked before the first run trains; the
+  sorted DDO budgets."""
   sizes = budgets(exp.config)
-  for budget in sizes:
-    for spec in _plan(exp, budget)[1]:
-      exp.check_run(spec, f'config.ddo.budgets ({budget:,} tokens)')
+  for field, group in (('budgets', sizes), ('check_budgets', check_budgets(exp.config))):
+    for budget in group:
+      for spec in _plan(exp, budget)[1]:
+        exp.check_run(spec, f'config.ddo.{field} ({budget:,} tokens)')
   return sizes
 
 
-def run_budget(exp: Experiment, budget: int, index: int, count: int) -> dict:
-  """Trains (or reuses) one budget's runs, fits each domain, solves; writes budgets/<tokens>/."""
+def run_budget(exp: Experiment, budget: int, stage: str, root: str = 'budgets') -> dict:
+  """Trains (or reuses) one budget's runs, fits each domain, solves; writes <root>/<tokens>/."""
   config, names = exp.config, exp.mix_names
-  optimum_path = optimum_file(exp.workdir, budget)
+  optimum_path = optimum_file(exp.workdir, budget, root)
   folder = optimum_path.parent
-  stage = f'ddo {index + 1}/{count} @ {budget:,} tokens'
   if optimum_path.exists():
     logging.info('[%s] done earlier; reusing %s.', stage, optimum_path)
     return read_json(optimum_path)
@@ -134,7 +159,7 @@ def run_budget(exp: Experiment, budget: int, index: int, count: int) -> dict:
       'budget': budget, 'domains': names, 'problem': problem.to_dict(),
       'multipliers': n.tolist(), 'quantities': problem.optimum().tolist(),
       'weights': ddo_weights(n, base).tolist(), 'pinned': [names[i] for i in problem.pinned()],
-      'base_weights': (base / base.sum()).tolist()}
+      'base_weights': (base / base.sum()).tolist(), 'available_tokens': available.tolist()}
   write_json(optimum_path, optimum)
   logging.info('[%s] optimal weights %s%s', stage, format_weights(names, optimum['weights']),
                f" (on a bound: {', '.join(optimum['pinned'])})" if optimum['pinned'] else '')
@@ -144,4 +169,35 @@ def run_budget(exp: Experiment, budget: int, index: int, count: int) -> dict:
 def run(exp: Experiment) -> list[dict]:
   """The optimum of every budget, smallest first (budgets done earlier are read back)."""
   sizes = check(exp)
-  return [run_budget(exp, b, k, len(sizes)) for k, b in enumerate(sizes)]
+  return [run_budget(exp, b, f'ddo {k + 1}/{len(sizes)} @ {b:,} tokens')
+          for k, b in enumerate(sizes)]
+
+
+def _l1(a, b) -> float:
+  return float(np.abs(np.asarray(a) - np.asarray(b)).sum())
+
+
+def run_checks(exp: Experiment, predictions: dict) -> list[dict]:
+  """A full DDO at every check budget, and checks/<tokens>/check.json: the AutoScale prediction
+  and the optimum of the nearest DDO budget below (reused as is) against that DDO's optimum."""
+  sizes, out = budgets(exp.config), []
+  chosen = check_budgets(exp.config)
+  for k, budget in enumerate(chosen):
+    optimum = run_budget(exp, budget, f'check {k + 1}/{len(chosen)} @ {budget:,} tokens', CHECKS)
+    below = [b for b in sizes if b < budget]
+    reused = predictions['optima'][tokens_key(below[-1])] if below else None
+    predicted = predictions['checks'][tokens_key(budget)]
+    check = {
+        'budget': budget, 'domains': exp.mix_names,
+        'kind': 'interpolation' if sizes[0] < budget < sizes[-1] else 'extrapolation',
+        'ddo': optimum['weights'], 'predicted': predicted,
+        'nearest_below': None if reused is None else {'budget': below[-1], 'weights': reused},
+        'l1_predicted': _l1(predicted, optimum['weights']),
+        'l1_reused': None if reused is None else _l1(reused, optimum['weights'])}
+    write_json(exp.workdir / CHECKS / tokens_key(budget) / 'check.json', check)
+    logging.info('[check @ %s tokens, %s] L1 distance to the DDO optimum: AutoScale %.3f, '
+                 'reused optimum of %s: %s', f'{budget:,}', check['kind'],
+                 check['l1_predicted'], 'none below' if reused is None else f'{below[-1]:,}',
+                 '-' if reused is None else f"{check['l1_reused']:.3f}")
+    out.append(check)
+  return out

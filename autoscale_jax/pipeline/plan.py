@@ -45,18 +45,27 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
         counts_from_weights(w, config.train.tokens, seq_len))
   if config.mode in ('ddo', 'autoscale'):
     natural = config.ddo.base_weights == 'natural'
-    for b in ddo.budgets(config):
-      _, specs, _ = ddo.ddo_plan(config, names, np.ones(len(names)), trainable, b, seq_len)
-      for spec in specs:
-        add(f'ddo {b:,}', spec.name + (' (natural base: sizes after prepare)' if natural else ''),
-            spec.counts)
+    checks = ddo.check_budgets(config) if config.mode == 'autoscale' else []
+    for stage, sizes in (('ddo', ddo.budgets(config)), ('check', checks)):
+      for b in sizes:
+        _, specs, _ = ddo.ddo_plan(config, names, np.ones(len(names)), trainable, b, seq_len)
+        for spec in specs:
+          add(f'{stage} {b:,}',
+              spec.name + (' (natural base: sizes after prepare)' if natural else ''),
+              spec.counts)
   if config.mode == 'autoscale' and config.validate.enabled:
+    seeds = validate.seeds(config)
+    even, _ = mixture('uniform', 'config.validate')
+    after_ddo = (even, ' (weights after DDO)')
     for t in validate.targets(config):
-      even, _ = mixture('uniform', 'config.validate')
-      add(f'validate {t:,}', 'predicted (weights after DDO)', counts_from_weights(even, t, seq_len))
+      mixtures = {'predicted': after_ddo}
       for name, weights in config.validate.baselines.items():
-        w, note = mixture(weights, f'config.validate.baselines.{name}')
-        add(f'validate {t:,}', name + note, counts_from_weights(w, t, seq_len))
+        mixtures[name] = (after_ddo if isinstance(weights, str) and weights == validate.REUSE
+                          else mixture(weights, f'config.validate.baselines.{name}'))
+      for name, (w, note) in mixtures.items():
+        for s in range(len(seeds)):
+          label = name if len(seeds) == 1 else f'{name} seed{s}'
+          add(f'validate {t:,}', label + note, counts_from_weights(w, t, seq_len))
   if config.mode in ('predict', 'autoscale'):
     out('predict: targets ' + ', '.join(f'{t:,}' for t in predict.targets(config)) + ' tokens')
   _table(rows, names, out)

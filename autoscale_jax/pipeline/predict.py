@@ -7,12 +7,14 @@ import warnings
 from collections.abc import Sequence
 
 import ml_collections
+import numpy as np
 from absl import logging
 from etils import epath
 
-from autoscale_jax.errors import ConfigError, check_number
+from autoscale_jax.errors import ConfigError, UserError, check_number
 from autoscale_jax.lead import write_json
-from autoscale_jax.mixing import AutoScaleModel, DDOProblem
+from autoscale_jax.mixing import PINNED_MODES, AutoScaleModel, DDOProblem, cap_to_data
+from autoscale_jax.mixing.confidence import combine_noise
 from autoscale_jax.pipeline import ddo
 from autoscale_jax.pipeline.registry import format_weights, positive_tokens, read_json, tokens_key
 
@@ -32,12 +34,41 @@ def check(config: ml_collections.ConfigDict) -> tuple[list[int], list[int]]:
   check_number(p.interval_level, 'config.predict.interval_level', more_than=0, below=1)
   check_number(p.interval_samples, 'config.predict.interval_samples', least=2, whole=True)
   check_number(p.noise, 'config.predict.noise', least=0)
+  if p.pinned not in PINNED_MODES:
+    raise ConfigError(f"config.predict.pinned is '{p.pinned}'; use 'extrapolate' (every domain "
+                      "follows the law, as in the paper) or 'hold' (domains on a DDO bound keep "
+                      'their weight).')
   return budgets, goals
+
+
+def noise(config: ml_collections.ConfigDict, workdir: epath.Path,
+          budgets: Sequence[int]) -> dict:
+  """The seed noise of DDO's objective ratios: pooled over the replicated runs of every budget
+  (budgets/*/fits.json), or config.predict.noise, named as an assumption, when none repeat."""
+  measured = combine_noise([ddo.replicate_noise(read_json(ddo.fits_file(workdir, b))['runs'])
+                            for b in budgets if ddo.fits_file(workdir, b).exists()])
+  if measured is not None:
+    return {'sigma': measured.sigma, 'dof': measured.dof, 'source': 'replicates'}
+  return {'sigma': float(config.predict.noise), 'dof': 0, 'source': 'config.predict.noise'}
+
+
+def _capped(model: AutoScaleModel, target: int, available: np.ndarray | None,
+            names: list[str]) -> tuple[np.ndarray, list[str]]:
+  """The predicted weights at `target`, capped at the data on disk (when known)."""
+  q = model.predict(target)
+  if available is None:
+    return q / target, []
+  try:
+    q, capped = cap_to_data(q, available)
+  except UserError as e:
+    raise ConfigError(f'config.predict.targets ({target:,} tokens): {e}') from None
+  return q / target, [names[i] for i in capped]
 
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path,
         optima: Sequence[dict] | None = None) -> dict:
-  """Fits AutoScaleModel to the DDO optima and predicts every target; writes autoscale/.
+  """Fits AutoScaleModel to the DDO optima and predicts every target (and check budget); writes
+  autoscale/.
 
   `optima` (from ddo.run) or, for mode=predict, budgets/*/optimum.json of the configured budgets.
   """
@@ -50,27 +81,44 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
     optima = [read_json(ddo.optimum_file(workdir, b)) for b in budgets]
   names = optima[0]['domains']
   problems = [DDOProblem.from_dict(o['problem']) for o in optima]
+  # The data on disk at max_epochs (recorded by DDO; absent from results of older versions).
+  available = (np.asarray(optima[-1]['available_tokens'], np.float64)
+               if 'available_tokens' in optima[-1] else None)
+  sigma = noise(config, workdir, budgets)
+  mode = str(config.predict.pinned)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
-    model = AutoScaleModel.from_ddo(problems)
+    model = AutoScaleModel.from_ddo(problems, mode)
     intervals = {t: model.predict_weights_interval(
         t, level=float(config.predict.interval_level),
         samples=int(config.predict.interval_samples),
-        noise=float(config.predict.noise) or None, seed=int(config.seed)) for t in goals}
+        noise=sigma['sigma'] or None, seed=int(config.seed)) for t in goals}
   notes = sorted({str(w.message) for w in caught})
+  if available is None:
+    notes.append('the DDO results predate the record of the data on disk, so predictions are '
+                 'not capped at config.data.max_epochs.')
   for note in notes:
     logging.warning('[predict] %s', note)
   write_json(workdir / 'autoscale' / 'model.json', {'domains': names, **model.to_dict(),
                                                     't': model.t.tolist(),
                                                     'residual': model.residual,
                                                     'held': [names[i] for i in model.held]})
+  entries = {}
+  for t, iv in intervals.items():
+    weights, capped = _capped(model, t, available, names)
+    entries[tokens_key(t)] = {'quantities': (weights * t).tolist(), 'weights': weights.tolist(),
+                              'uncapped': iv.weights.tolist(), 'capped': capped,
+                              'low': iv.low.tolist(), 'high': iv.high.tolist()}
+    if capped:
+      logging.warning('[predict] %s tokens: %s capped at the data on disk (x%d epochs).',
+                      f'{t:,}', ', '.join(capped), int(config.data.max_epochs))
   predictions = {
-      'domains': names, 'budgets': budgets, 'notes': notes,
+      'domains': names, 'budgets': budgets, 'notes': notes, 'pinned': mode, 'noise': sigma,
       'level': float(config.predict.interval_level),
       'optima': {tokens_key(b): o['weights'] for b, o in zip(budgets, optima)},
-      'targets': {tokens_key(t): {
-          'quantities': model.predict(t).tolist(), 'weights': iv.weights.tolist(),
-          'low': iv.low.tolist(), 'high': iv.high.tolist()} for t, iv in intervals.items()},
+      'targets': entries,
+      'checks': {tokens_key(b): _capped(model, b, available, names)[0].tolist()
+                 for b in ddo.check_budgets(config)},
       'geometric': [{'tokens': float(q.sum()), 'weights': (q / q.sum()).tolist()}
                     for q in (model.geometric_step(k) for k in range(3))],
   }

@@ -1,10 +1,8 @@
-"""The validation stage: at each target, runs of the predicted mixture and of the baselines, and
-the tokens the predicted mixture saves in reaching each baseline's final objective.
+"""The validation stage: at each target, runs of the predicted mixture and of the baselines with
+validate.seeds seeds each, compared seed by seed (report/verdicts.py).
 
 Writes validation/<tokens>.json per target.
 """
-
-from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -13,8 +11,15 @@ from absl import logging
 from autoscale_jax.data.mixture import counts_from_weights, resolve_weights
 from autoscale_jax.errors import ConfigError, check_number
 from autoscale_jax.lead import write_json
+from autoscale_jax.mixing import confidence
 from autoscale_jax.pipeline import predict
 from autoscale_jax.pipeline.registry import Experiment, RunSpec, positive_tokens, tokens_key
+from autoscale_jax.report import verdicts
+from autoscale_jax.report.verdicts import PREDICTED
+
+# Baseline keyword: the DDO optimum of the largest DDO budget, reused as is at the target (the
+# practice AutoScale claims to beat).
+REUSE = 'reuse'
 
 
 def targets(config: ml_collections.ConfigDict) -> list[int]:
@@ -29,76 +34,75 @@ def targets(config: ml_collections.ConfigDict) -> list[int]:
   return chosen
 
 
-def tokens_to_reach(curve: Sequence[dict], level: float) -> float | None:
-  """Tokens at which an objective curve (evals in order) first reaches `level` (linear between
-  evaluations); None if it never does."""
-  previous = None
-  for point in curve:
-    if point['objective'] <= level:
-      if previous is None or previous['objective'] == point['objective']:
-        return float(point['tokens'])
-      frac = (previous['objective'] - level) / (previous['objective'] - point['objective'])
-      return float(previous['tokens'] + frac * (point['tokens'] - previous['tokens']))
-    previous = point
-  return None
+def seeds(config: ml_collections.ConfigDict) -> list[int]:
+  """The seeds every validation mixture trains with: config.seed, config.seed + 1, ..."""
+  check_number(config.validate.seeds, 'config.validate.seeds', least=1, whole=True)
+  return [int(config.seed) + s for s in range(int(config.validate.seeds))]
 
 
 def _specs(exp: Experiment, mixtures: dict[str, np.ndarray], target: int) -> list[RunSpec]:
-  return [RunSpec(name, exp.full(counts_from_weights(w, target, exp.seq_len)),
-                  int(exp.config.seed), int(exp.config.validate.eval_every))
-          for name, w in mixtures.items()]
+  """Runs of every mixture and seed, mixture by mixture (seed s of each shares its init)."""
+  chosen = seeds(exp.config)
+  return [RunSpec(name if len(chosen) == 1 else f'{name} seed{s}',
+                  exp.full(counts_from_weights(w, target, exp.seq_len)), seed,
+                  int(exp.config.validate.eval_every))
+          for name, w in mixtures.items() for s, seed in enumerate(chosen)]
 
 
 def _field(target: int) -> str:
   return f'config.validate.targets ({target:,} tokens)'
 
 
-def check(exp: Experiment) -> dict[str, np.ndarray]:
-  """The baselines' weights over the mixture's domains, resolved once; their data needs at every
-  target are checked here, before DDO starts training."""
-  if 'predicted' in exp.config.validate.baselines:
+def check(exp: Experiment) -> dict[str, np.ndarray | None]:
+  """The baselines' weights over the mixture's domains, resolved once (None for 'reuse', known
+  after DDO); their data needs at every target are checked here, before DDO starts training."""
+  if PREDICTED in exp.config.validate.baselines:
     raise ConfigError("config.validate.baselines may not be named 'predicted' (that is the "
                       'predicted mixture); rename the baseline.')
   check_number(exp.config.validate.eval_every, 'config.validate.eval_every', least=0, whole=True)
+  seeds(exp.config)
   chosen = targets(exp.config)
-  baselines = {n: resolve_weights(w, exp.mix_names, exp.natural[exp.trainable],
-                                  f'config.validate.baselines.{n}')
+  baselines = {n: None if isinstance(w, str) and w == REUSE else
+               resolve_weights(w, exp.mix_names, exp.natural[exp.trainable],
+                               f'config.validate.baselines.{n}')
                for n, w in exp.config.validate.baselines.items()}
+  known = {n: w for n, w in baselines.items() if w is not None}
   for target in chosen:
-    for spec in _specs(exp, baselines, target):
+    for spec in _specs(exp, known, target):
       exp.check_run(spec, _field(target))
   return baselines
 
 
-def run(exp: Experiment, predictions: dict, baselines: dict[str, np.ndarray]) -> list[dict]:
-  """Target runs of the predicted mixture and the `baselines` (from check); tokens saved."""
+def run(exp: Experiment, predictions: dict,
+        baselines: dict[str, np.ndarray | None]) -> list[dict]:
+  """Target runs of the predicted mixture and the `baselines` (from check), every seed; the
+  verdicts (report/verdicts.py) go into validation/<tokens>.json."""
   chosen = targets(exp.config)
+  largest = tokens_key(max(predictions['budgets']))
+  reused = np.asarray(predictions['optima'][largest])
   summaries = []
   for k, target in enumerate(chosen):
-    mixtures = {'predicted': np.asarray(predictions['targets'][tokens_key(target)]['weights']),
-                **baselines}
+    mixtures = {PREDICTED: np.asarray(predictions['targets'][tokens_key(target)]['weights']),
+                **{n: reused if w is None else w for n, w in baselines.items()}}
     specs = _specs(exp, mixtures, target)
-    exp.check_run(specs[0], _field(target))  # the baselines passed check() already
+    for spec in specs:  # the fixed baselines passed check() already; this is cheap
+      exp.check_run(spec, _field(target))
     results = exp.train(specs, f'validate {k + 1}/{len(chosen)} @ {target:,} tokens')
-    predicted = results[0]
-    runs = {}
-    for (name, w), r in zip(mixtures.items(), results):
-      final = r['objective']
-      reach = tokens_to_reach(predicted['evals'], final) if name != 'predicted' else None
-      total = r['evals'][-1]['tokens']
-      runs[name] = {'weights': w.tolist(), 'fingerprint': r['fingerprint'], 'objective': final,
-                    'val_ppl': r['val_ppl'], 'curve': r['evals'],
-                    'predicted_reaches_at': reach,
-                    'tokens_saved': None if reach is None else 1.0 - reach / total}
+    per_seed = len(seeds(exp.config))
+    runs = {name: verdicts.mixture_entry(
+        w, [verdicts.seed_entry(r, spec.seed) for spec, r in
+            zip(specs[i * per_seed:(i + 1) * per_seed], results[i * per_seed:(i + 1) * per_seed])])
+            for i, (name, w) in enumerate(mixtures.items())}
     summary = {'target': target, 'domains': exp.names, 'mixture_domains': exp.mix_names,
-               'runs': runs}
+               'seeds': seeds(exp.config), 'level': confidence.LEVEL,
+               'reuse_budget': int(largest), 'runs': runs,
+               'verdicts': verdicts.compare(runs, exp.names)}
     write_json(exp.workdir / 'validation' / f'{tokens_key(target)}.json', summary)
-    for name, r in runs.items():
-      if name != 'predicted':
-        saved = r['tokens_saved']
-        logging.info('[validate @ %s] predicted %.4f vs %s %.4f: %s', f'{target:,}',
-                     predicted['objective'], name, r['objective'],
-                     'baseline final objective not reached' if saved is None
-                     else f'{100 * saved:.1f}% fewer tokens to reach it')
+    for name, v in summary['verdicts'].items():
+      d = v['objective']
+      interval = ('1 seed: no interval' if d['low'] is None
+                  else f"95% interval [{d['low']:+.4g}, {d['high']:+.4g}]")
+      logging.info('[validate @ %s] predicted minus %s: %+.4g (%+.2f%%), %s: %s', f'{target:,}',
+                   name, d['mean'], 100 * v['relative'], interval, d['verdict'])
     summaries.append(summary)
   return summaries

@@ -16,12 +16,14 @@ from autoscale_jax.report.results import Results, load
 
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     tables.header,
+    tables.verdicts,
+    plots.validation,
     plots.fits,
     tables.ddo,
     tables.prediction,
     plots.weights,
+    tables.checks,
     tables.validation,
-    plots.validation,
     plots.curves,
 )
 

@@ -87,8 +87,9 @@ def weights(results: Results) -> list[str]:
     ax.plot(budgets, [predictions['optima'][str(b)][i] for b in budgets], 'o', color=color)
     for t in targets:
       p = predictions['targets'][str(t)]
-      ax.errorbar([t], [p['weights'][i]], yerr=[[p['weights'][i] - p['low'][i]],
-                                                [p['high'][i] - p['weights'][i]]],
+      # A bootstrap percentile interval need not contain the point (nor a capped one).
+      ax.errorbar([t], [p['weights'][i]], yerr=[[max(p['weights'][i] - p['low'][i], 0.0)],
+                                                [max(p['high'][i] - p['weights'][i], 0.0)]],
                   fmt='s', color=color, capsize=3)
   for b in budgets:
     ax.axvline(b, color='0.85', lw=0.8, zorder=0)
@@ -101,19 +102,45 @@ def weights(results: Results) -> list[str]:
   return _save(fig, results.folder / 'weights.png', 'weights vs budget')
 
 
+def _seed_curves(run: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens [points], objective [seeds, points]) of one validation mixture."""
+  points = min(len(s['curve']) for s in run['seeds'])
+  tokens_ = np.array([p['tokens'] for p in run['seeds'][0]['curve'][:points]], np.float64)
+  return tokens_, np.array([[p['objective'] for p in s['curve'][:points]] for s in run['seeds']])
+
+
 def validation(results: Results) -> list[str]:
+  """Per target: the seed-mean objective curves, and each mixture relative to uniform (or the
+  first baseline) along the run, seed by seed, with the band of seeds: a 2% gap shows."""
   if not results.validations:
     return []
   count = len(results.validations)
-  fig, axes = _plt().subplots(1, count, figsize=(6 * count, 4), squeeze=False)
-  for ax, v in zip(axes[0], results.validations):
-    for k, (mixture, r) in enumerate(v['runs'].items()):
-      ax.plot([p['tokens'] for p in r['curve']], [p['objective'] for p in r['curve']],
-              'o-' if k == 0 else '.-', lw=2 if k == 0 else 1, label=mixture)
-    ax.set_xlabel('tokens trained')
-    ax.set_ylabel('validation objective')
-    ax.set_title(f"Target {tokens(v['target'])} tokens")
-    ax.legend()
+  fig, axes = _plt().subplots(2, count, figsize=(6.5 * count, 7.5), squeeze=False)
+  for k, v in enumerate(results.validations):
+    top, bottom = axes[0][k], axes[1][k]
+    runs = v['runs']
+    reference = 'uniform' if 'uniform' in runs else next(n for n in runs if n != 'predicted')
+    x_ref, y_ref = _seed_curves(runs[reference])
+    for j, (mixture, r) in enumerate(runs.items()):
+      x, y = _seed_curves(r)
+      style = dict(color=f'C{j}', lw=2 if mixture == 'predicted' else 1)
+      top.plot(x, y.mean(0), 'o-' if mixture == 'predicted' else '.-', label=mixture, **style)
+      n = min(len(x), len(x_ref))
+      seeds = min(len(y), len(y_ref))
+      ratio = y[:seeds, :n] / y_ref[:seeds, :n] - 1  # seed s against seed s of the reference
+      bottom.plot(x[:n], 100 * ratio.mean(0), '.-', label=mixture, **style)
+      if seeds > 1:
+        bottom.fill_between(x[:n], 100 * ratio.min(0), 100 * ratio.max(0), color=f'C{j}',
+                            alpha=0.15, lw=0)
+    top.set_yscale('log')
+    top.set_ylabel('validation objective (seed mean)')
+    top.set_title(f"Target {tokens(v['target'])} tokens, {len(v['seeds'])} seed(s)")
+    top.legend(fontsize=8)
+    bottom.axhline(0, color='0.5', lw=0.8)
+    bottom.set_xlabel('tokens trained')
+    bottom.set_ylabel(f'objective vs {reference} (%)')
+    bottom.set_title(f'Relative to {reference}, seed by seed (band: min-max over seeds)')
+    bottom.legend(fontsize=8)
   fig.tight_layout()
   return _save(fig, results.folder / 'validation.png', 'validation curves')
 
@@ -124,7 +151,8 @@ def curves(results: Results) -> list[str]:
              [(r['name'], r['fingerprint']) for r in b['plan']['runs']])
             for b in results.budgets]
   panels += [(f"Validation {tokens(v['target'])} tokens",
-              [(name, r['fingerprint']) for name, r in v['runs'].items()])
+              [(name if len(r['seeds']) == 1 else f'{name} seed{k}', s['fingerprint'])
+               for name, r in v['runs'].items() for k, s in enumerate(r['seeds'])])
              for v in results.validations]
   drawn = [(title, [(name, c) for name, fp in runs if (c := results.curve(fp)) is not None])
            for title, runs in panels]

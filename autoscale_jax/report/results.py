@@ -7,6 +7,7 @@ import numpy as np
 from etils import epath
 
 from autoscale_jax.errors import ConfigError
+from autoscale_jax.report import verdicts
 
 
 def _load(path: epath.Path):
@@ -20,7 +21,8 @@ class Results:
   budgets: list[dict]  # per DDO budget: 'plan', and 'fits' and 'optimum' once done
   predictions: dict | None
   model: dict | None
-  validations: list[dict]  # per target, in order
+  validations: list[dict]  # per target, in order, in today's form (verdicts.upgrade)
+  checks: list[dict]  # per check budget: 'plan', and 'check' once done
 
   @property
   def folder(self) -> epath.Path:
@@ -50,9 +52,7 @@ class Results:
 def load(workdir: epath.Path) -> Results:
   """Reads every result file of `workdir`; at least one DDO budget must have started."""
   budgets = []
-  folder = workdir / 'budgets'
-  started = [p for p in folder.iterdir() if (p / 'plan.json').exists()] if folder.exists() else []
-  for path in sorted(started, key=lambda p: int(p.name)):
+  for path in _started(workdir / 'budgets'):
     entry = {'plan': _load(path / 'plan.json')}
     for name in ('fits', 'optimum'):
       if (path / f'{name}.json').exists():
@@ -67,6 +67,20 @@ def load(workdir: epath.Path) -> Results:
     predictions = _load(predictions_path)
     model = _load(workdir / 'autoscale' / 'model.json')
   validation_dir = workdir / 'validation'
-  validations = sorted((_load(p) for p in validation_dir.glob('*.json')),
+  validations = sorted((verdicts.upgrade(_load(p)) for p in validation_dir.glob('*.json')),
                        key=lambda v: v['target']) if validation_dir.exists() else []
-  return Results(workdir, budgets, predictions, model, validations)
+  checks = []
+  for path in _started(workdir / 'checks'):
+    entry = {'plan': _load(path / 'plan.json')}
+    if (path / 'check.json').exists():
+      entry['check'] = _load(path / 'check.json')
+    checks.append(entry)
+  return Results(workdir, budgets, predictions, model, validations, checks)
+
+
+def _started(folder: epath.Path) -> list[epath.Path]:
+  """The budget folders under `folder` whose plan is written, smallest budget first."""
+  if not folder.exists():
+    return []
+  return sorted((p for p in folder.iterdir() if (p / 'plan.json').exists()),
+                key=lambda p: int(p.name))

@@ -3,6 +3,8 @@ when the workdir has nothing for it yet)."""
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from autoscale_jax.mixing import PowerLaw
 from autoscale_jax.report.results import Results
 
@@ -43,6 +45,10 @@ def ddo(results: Results) -> list[str]:
              objectives.get(r['name'], 'not finished')] for r in plan['runs']]
     out += ['Runs (tokens per domain, objective):', '']
     out += table(['run', *names, 'objective'], rows)
+    if fits and plan.get('replicates', 1) > 1:
+      out += ['Replicate spread (seeds of each plan point): objective mean, sd, and the sd of '
+              'the objective ratio the fits see:', '']
+      out += table(['point', 'seeds', 'mean', 'sd', 'ratio sd'], _spread(fits['runs']))
     if fits:
       out += ['Per-domain fits of objective ratio = (x + a)^-b + c on x = N_i / N_i base:', '']
       out += table(['domain', 'a', 'b', 'c', 'rmse', 'points', 'note'],
@@ -56,6 +62,28 @@ def ddo(results: Results) -> list[str]:
                     for n, bw, w, m in zip(names, optimum['base_weights'], optimum['weights'],
                                            optimum['multipliers'])])
   return out
+
+
+def _spread(runs: list[dict]) -> list[list]:
+  base = np.mean([r['objective'] for r in runs if r['domain'] is None])
+  groups: dict[tuple, list[float]] = {}
+  for r in runs:
+    groups.setdefault((r['domain'], r['factor']), []).append(r['objective'])
+  names = {(r['domain'], r['factor']): r['name'].rsplit(' seed', 1)[0] for r in runs}
+  return [[names[g], len(v), float(np.mean(v)), float(np.std(v, ddof=1)),
+           float(np.std(np.asarray(v) / base, ddof=1))] for g, v in groups.items() if len(v) > 1]
+
+
+def _noise_line(predictions: dict) -> str:
+  noise = predictions.get('noise')
+  if noise is None:
+    return ('Interval noise: **assumed** (config.predict.noise; written before the noise was '
+            'recorded or measured).')
+  if noise['source'] == 'replicates':
+    return (f"Interval noise: sigma = {noise['sigma']:.3g} of the objective ratio, measured from "
+            f"the DDO replicates ({noise['dof']} degrees of freedom).")
+  return (f"Interval noise: sigma = {noise['sigma']:.3g} **assumed** (config.predict.noise): no "
+          'DDO point has replicates to measure it; set ddo.replicates > 1.')
 
 
 def prediction(results: Results) -> list[str]:
@@ -74,12 +102,111 @@ def prediction(results: Results) -> list[str]:
   cols = [predictions['optima'][b] for b in predictions['optima']]
   for t, p in predictions['targets'].items():
     head.append(f'predicted @ {tokens(int(t))} ({level}% interval)')
-    cols.append([f'{w:.3f} [{lo:.3f}, {hi:.3f}]'
+    cols.append([f"{w:.3f} [{lo:.3f}, {hi:.3f}]{'' if lo <= w <= hi else ' *'}"
                  for w, lo, hi in zip(p['weights'], p['low'], p['high'])])
   out += table(head, [[n, *[c[i] for c in cols]] for i, n in enumerate(names)])
+  if any(not lo <= w <= hi for p in predictions['targets'].values()
+         for w, lo, hi in zip(p['weights'], p['low'], p['high'])):
+    out += ['\\* the point lies outside its bootstrap interval: the resampled fits move the '
+            'optimum one way (a biased, unstable fit), or the point was capped at the data.', '']
+  out += [_noise_line(predictions),
+          f"Domains on a DDO bound: {predictions.get('pinned', 'hold')} "
+          "('extrapolate': every domain follows the law, as in the paper; 'hold': they keep "
+          'their weight at the largest DDO budget).', '']
+  for t, p in predictions['targets'].items():
+    if p.get('capped'):
+      out += [f"- {tokens(int(t))}: {', '.join(p['capped'])} capped at the data on disk "
+              '(config.data.max_epochs); the others share the excess.']
   for note in predictions.get('notes', []):
     out += [f'- note: {note}']
-  return out + ([''] if predictions.get('notes') else [])
+  return out + ['']
+
+
+def _interval(d: dict) -> str:
+  return ('1 seed: no interval' if d['low'] is None
+          else f"[{d['low']:+.4g}, {d['high']:+.4g}]")
+
+
+def _domain_cell(d: dict) -> str:
+  if d['low'] is None:
+    return f"{d['mean']:+.4f} (1 seed)"
+  return f"{d['mean']:+.4f} {_interval(d)} {d['verdict']}"
+
+
+def _share(v: float | None) -> str:
+  return 'not reached' if v is None else f'{100 * v:.1f}%'
+
+
+def _saved(s: dict) -> str:
+  if s['n'] == 1:
+    return _share(s['value'])
+  return (f"{_share(s['value'])} [{_share(s['low'])}, {_share(s['high'])}]; not reached in "
+          f"{100 * s['not_reached']:.0f}% of resamples")
+
+
+def _tokens_trained(plans: list[dict]) -> tuple[float, int]:
+  runs = [r for p in plans for r in p['runs']]
+  return float(sum(sum(r['quantities']) for r in runs)), len(runs)
+
+
+def verdicts(results: Results) -> list[str]:
+  """The answer and how far to trust it: predicted vs every baseline at every target."""
+  if not results.validations:
+    return []
+  out = ['## Verdicts', '',
+         "Final validation objective of the predicted mixture minus each baseline's (lower is "
+         'better), paired by seed (seed s of every mixture shares its initialization), with a 95% '
+         't-interval over seeds; **better** / **worse** when the interval excludes 0, '
+         '**inconclusive** when it contains 0 or there is one seed. Tokens saved: 1 - (tokens the '
+         "predicted mixture's seed-mean curve needs to reach the baseline's final objective) / "
+         'the target, with a 95% bootstrap interval over seeds ("not reached" ranks lowest).', '']
+  for v in results.validations:
+    n = len(v['seeds'])
+    pred = v['runs']['predicted']
+    out += [f"### {tokens(v['target'])} tokens ({v['target']:,}), {n} seed"
+            f"{'s' if n > 1 else ''} per mixture", '']
+    rows = [[name, pred['objective'], v['runs'][name]['objective'], c['objective']['mean'],
+             f"{100 * c['relative']:+.2f}%", _interval(c['objective']),
+             f"**{c['objective']['verdict']}**", _saved(c['tokens_saved'])]
+            for name, c in v['verdicts'].items()]
+    out += table(['baseline', 'predicted', 'baseline', 'difference', 'relative', '95% interval',
+                  'verdict', 'tokens saved'], rows)
+    out += ['Per domain: final validation loss, predicted minus baseline (95% interval, '
+            'verdict):', '']
+    out += table(['domain', *v['verdicts']],
+                 [[d, *[_domain_cell(c['domains'][d]) for c in v['verdicts'].values()]]
+                  for d in v['domains']])
+  ddo_tokens, ddo_runs = _tokens_trained([b['plan'] for b in results.budgets])
+  target = results.validations[0]['target']
+  out += [f'What the answer cost: the DDO proxy runs trained {ddo_tokens:,.0f} tokens in '
+          f'{ddo_runs} runs, {ddo_tokens / target:.2f}x one run at the {tokens(target)} target.']
+  if results.checks:
+    check_tokens, check_runs = _tokens_trained([c['plan'] for c in results.checks])
+    out[-1] += (f' The check budgets (not needed for the answer) trained {check_tokens:,.0f} '
+                f'more in {check_runs} runs.')
+  return out + ['']
+
+
+def checks(results: Results) -> list[str]:
+  """The paper's own test: a full DDO at a budget the fit never saw, against the prediction."""
+  done = [c['check'] for c in results.checks if 'check' in c]
+  if not done:
+    return []
+  out = ['## Check budgets', '',
+         'A full DDO at a budget the AutoScale fit never saw. L1 distance of the weights to that '
+         'DDO\'s optimum: the AutoScale prediction vs the optimum of the nearest DDO budget below, '
+         'reused as is.', '']
+  out += table(['budget', 'kind', 'L1 AutoScale', 'L1 reused (budget)'],
+               [[c['budget'], c['kind'], c['l1_predicted'],
+                 '-' if c['nearest_below'] is None else
+                 f"{c['l1_reused']:.4g} ({tokens(c['nearest_below']['budget'])})"] for c in done])
+  for c in done:
+    reused = c['nearest_below']
+    out += [f"Weights at {tokens(c['budget'])} tokens:", '']
+    out += table(['domain', 'DDO optimum', 'AutoScale', *(['reused'] if reused else [])],
+                 [[d, c['ddo'][i], c['predicted'][i], *([reused['weights'][i]] if reused else [])]
+                  for i, d in enumerate(c['domains'])])
+  return out
 
 
 def validation(results: Results) -> list[str]:
@@ -88,17 +215,21 @@ def validation(results: Results) -> list[str]:
   out = ['## Validation at the target budgets', '']
   for v in results.validations:
     names = v['domains']
+    n = len(v['seeds'])
     out += [f"### {tokens(v['target'])} tokens ({v['target']:,})", '']
     rows = []
     for mixture, r in v['runs'].items():
-      saved = ('-' if mixture == 'predicted' else 'not reached' if r['tokens_saved'] is None
-               else f"{100 * r['tokens_saved']:.1f}%")
-      rows.append([mixture, r['objective'], *[r['val_ppl'][n] for n in names], saved])
-    out += table(['mixture', 'objective', *[f'ppl {n}' for n in names],
-                  'tokens saved by predicted'], rows)
+      spread = np.std([s['objective'] for s in r['seeds']], ddof=1) if n > 1 else None
+      rows.append([mixture, r['objective'] if spread is None else
+                   f"{r['objective']:.4g} ± {spread:.2g}", *[r['val_ppl'][d] for d in names]])
+    out += [f'Seed means ({n} seed{"s" if n > 1 else ""}; ± the sd over seeds):', '']
+    out += table(['mixture', 'objective', *[f'ppl {d}' for d in names]], rows)
+    out += ['Final validation loss per domain ± its standard error over the validation '
+            'sequences (the noise of the evaluation itself):', '']
+    out += table(['mixture', *names],
+                 [[m, *[f"{r['val_loss'][d]:.4f}" + ('' if r['val_loss_se'] is None else
+                                                     f" ± {r['val_loss_se'][d]:.4f}")
+                        for d in names]] for m, r in v['runs'].items()])
     out += table(['mixture', *v['mixture_domains']],
                  [[m, *[f'{w:.3f}' for w in r['weights']]] for m, r in v['runs'].items()])
-  out += ['"Tokens saved": 1 - (tokens the predicted mixture needs to reach the baseline\'s final '
-          'objective) / (the baseline\'s tokens), read off the evaluation curve with linear '
-          'interpolation.', '']
   return out

@@ -1,0 +1,92 @@
+"""Validation runs, one per mixture and seed, turned into what a user decides on: for every
+baseline the paired difference of the final objective (predicted minus baseline, seed s of both
+sharing its initialization) with its interval and a verdict word, the tokens the predicted
+mixture saves with a bootstrap interval over seeds, and the same paired comparison per domain.
+
+The validation stage writes this into validation/<tokens>.json; the report upgrades files
+written before seeds existed (one run per mixture) to the same form.
+"""
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from autoscale_jax.mixing import confidence
+
+PREDICTED = 'predicted'  # the mixture under test; every other entry of 'runs' is a baseline
+
+
+def seed_entry(result: dict, seed: int | None) -> dict:
+  """What the validation file keeps of one run's result.json."""
+  return {'seed': seed, 'fingerprint': result['fingerprint'], 'objective': result['objective'],
+          'val_loss': result['val_loss'], 'val_loss_se': result.get('val_loss_se'),
+          'val_ppl': result['val_ppl'],
+          'curve': [{'tokens': e['tokens'], 'objective': e['objective']} for e in result['evals']]}
+
+
+def mixture_entry(weights: Sequence[float], seeds: list[dict]) -> dict:
+  """One mixture's seeds and their means (objective, per-domain numbers, curve)."""
+  domains = list(seeds[0]['val_loss'])
+  points = min(len(s['curve']) for s in seeds)
+
+  def mean_over_seeds(key: str) -> dict:
+    return {d: float(np.mean([s[key][d] for s in seeds])) for d in domains}
+
+  ses = [s.get('val_loss_se') for s in seeds]
+  return {
+      'weights': [float(w) for w in weights],
+      'objective': float(np.mean([s['objective'] for s in seeds])),
+      'val_loss': mean_over_seeds('val_loss'),
+      'val_ppl': mean_over_seeds('val_ppl'),
+      # The SE of one evaluation of each domain (averaged over seeds); None for old results.
+      'val_loss_se': None if any(not s or s.get(domains[0]) is None for s in ses) else
+                     {d: float(np.mean([s[d] for s in ses])) for d in domains},
+      'curve': [{'tokens': seeds[0]['curve'][k]['tokens'],
+                 'objective': float(np.mean([s['curve'][k]['objective'] for s in seeds]))}
+                for k in range(points)],
+      'seeds': seeds,
+  }
+
+
+def compare(runs: dict[str, dict], domains: Sequence[str]) -> dict[str, dict]:
+  """Per baseline: the paired objective difference, its relative size, tokens saved and the
+  per-domain loss differences (seeds paired in order)."""
+  predicted = runs[PREDICTED]['seeds']
+  out = {}
+  for name, run in runs.items():
+    if name == PREDICTED:
+      continue
+    n = min(len(predicted), len(run['seeds']))
+    cand, base = predicted[:n], run['seeds'][:n]
+    points = min(len(s['curve']) for s in cand)
+    tokens = [p['tokens'] for p in cand[0]['curve'][:points]]
+    objective = confidence.paired_difference([s['objective'] for s in cand],
+                                             [s['objective'] for s in base])
+    saved = confidence.saved_interval(
+        tokens, [[p['objective'] for p in s['curve'][:points]] for s in cand],
+        [s['objective'] for s in base])
+    out[name] = {
+        'objective': objective.to_dict(),
+        'relative': objective.mean / float(np.mean([s['objective'] for s in base])),
+        'tokens_saved': saved.to_dict(),
+        'domains': {d: confidence.paired_difference([s['val_loss'][d] for s in cand],
+                                                    [s['val_loss'][d] for s in base]).to_dict()
+                    for d in domains},
+    }
+  return out
+
+
+def upgrade(validation: dict) -> dict:
+  """A validation file in today's form; one written before seeds existed (one run per mixture,
+  token perplexities) becomes one seed per mixture, compared like any other."""
+  if 'verdicts' in validation:
+    return validation
+  runs = {}
+  for name, r in validation['runs'].items():
+    seed = {'seed': None, 'fingerprint': r['fingerprint'], 'objective': r['objective'],
+            'val_ppl': r['val_ppl'], 'val_loss': {d: math.log(p) for d, p in r['val_ppl'].items()},
+            'val_loss_se': None, 'curve': r['curve']}
+    runs[name] = mixture_entry(r['weights'], [seed])
+  return {**validation, 'runs': runs, 'seeds': [None],
+          'verdicts': compare(runs, validation['domains'])}
