@@ -6,6 +6,7 @@ from scipy import stats
 
 from autoscale_jax.errors import UserError
 from autoscale_jax.mixing import confidence as conf
+from autoscale_jax.report import verdicts
 
 
 def test_paired_interval_by_hand():
@@ -86,3 +87,25 @@ def test_pooled_noise_recovers_a_known_sigma(sigma, replicates):
                                                 + estimates[1].sigma**2) / 2))
   assert conf.pooled_noise(['a', 'b'], [1.0, 2.0]) is None
   assert conf.combine_noise([None]) is None
+
+
+def test_a_validation_file_from_before_seeds_is_read_as_one_seed():
+  """validation/<tokens>.json as the first version wrote it: one run per mixture, no verdicts."""
+  curve = lambda *objs: [{'step': 10 * (k + 1), 'tokens': 1000 * (k + 1), 'objective': o}  # noqa: E731
+                         for k, o in enumerate(objs)]
+  legacy = {'target': 3000, 'domains': ['a', 'b'], 'mixture_domains': ['a', 'b'], 'runs': {
+      'predicted': {'weights': [0.7, 0.3], 'fingerprint': 'f1', 'objective': 9.0,
+                    'val_ppl': {'a': 8.0, 'b': 10.0}, 'curve': curve(20.0, 12.0, 9.0),
+                    'predicted_reaches_at': None, 'tokens_saved': None},
+      'uniform': {'weights': [0.5, 0.5], 'fingerprint': 'f2', 'objective': 10.0,
+                  'val_ppl': {'a': 9.0, 'b': 11.0}, 'curve': curve(21.0, 13.0, 10.0),
+                  'predicted_reaches_at': 2500.0, 'tokens_saved': 1 / 6}}}
+  v = verdicts.upgrade(legacy)
+  assert v['seeds'] == [None] and len(v['runs']['uniform']['seeds']) == 1
+  c = v['verdicts']['uniform']
+  assert c['objective'] == {'mean': -1.0, 'low': None, 'high': None, 'n': 1,
+                            'verdict': 'inconclusive'}
+  # 12 -> 9 between 2000 and 3000 tokens reaches 10 at 2667: 1 - 2667 / 3000 saved.
+  assert c['tokens_saved']['value'] == pytest.approx(1 - (2000 + 1000 * 2 / 3) / 3000)
+  assert c['domains']['a']['mean'] == pytest.approx(np.log(8.0) - np.log(9.0))
+  assert verdicts.upgrade(v) is v  # today's files pass through
