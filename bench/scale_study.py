@@ -28,6 +28,7 @@ import json
 import pathlib
 import sys
 import time
+import warnings
 
 import ml_collections
 import numpy as np
@@ -37,7 +38,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import _common  # noqa: E402  pylint: disable=g-import-not-at-top
 from autoscale_jax import defaults, pipeline  # noqa: E402
 from autoscale_jax.data.mixture import counts_from_weights  # noqa: E402
-from autoscale_jax.pipeline import lock, registry  # noqa: E402
+from autoscale_jax.mixing import PINNED_MODES, AutoScaleModel, DDOProblem  # noqa: E402
+from autoscale_jax.pipeline import ddo, lock, registry  # noqa: E402
 
 SUMMARIES = _common.ROOT / 'bench' / 'results' / 'scale_study'
 STAGES = ('pilot', 'ddo', 'validate', 'at_ddo_budget', 'direct', 'report')
@@ -212,7 +214,17 @@ def run_pipeline(stage: str, workdir: epath.Path) -> dict:
                  for n, r in v['runs'].items()}}
   if config.ddo.check_budgets:
     budget = config.ddo.check_budgets[0]
-    summary['check'] = json.loads((workdir / 'checks' / str(budget) / 'check.json').read_text())
+    summary['check'] = check = json.loads(
+        (workdir / 'checks' / str(budget) / 'check.json').read_text())
+    # predict.pinned's two modes on the same DDO results, against the DDO measured here.
+    problems = [DDOProblem.from_dict(json.loads(ddo.optimum_file(workdir, b).read_text())
+                                     ['problem']) for b in config.ddo.budgets]
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      summary['pinned_modes'] = {
+          mode: {'weights': (w := AutoScaleModel.from_ddo(problems, mode).predict_weights(
+              budget)).tolist(), 'l1': float(np.abs(w - np.asarray(check['ddo'])).sum())}
+          for mode in PINNED_MODES}
   return summary
 
 
@@ -292,7 +304,9 @@ def report_section() -> str:
     for i, d in enumerate(c['domains']):
       lines.append(f"| {d} | {c['ddo'][i]:.3f} | {c['predicted'][i]:.3f} | "
                    f"{c['nearest_below']['weights'][i]:.3f} |")
-    lines.append('')
+    modes = have['direct']['pinned_modes']
+    lines += ['', 'predict.pinned on the same DDO results, L1 to the DDO at the target: '
+              + ', '.join(f"{mode} {r['l1']:.3f}" for mode, r in modes.items()) + '.', '']
   if 'ddo' in have:
     d = have['ddo']
     ddo_tokens = sum(sum(r['quantities']) for f in d['fits'].values() for r in f['runs'])

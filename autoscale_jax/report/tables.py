@@ -159,7 +159,8 @@ def verdicts(results: Results) -> list[str]:
          't-interval over seeds; **better** / **worse** when the interval excludes 0, '
          '**inconclusive** when it contains 0 or there is one seed. Tokens saved: 1 - (tokens the '
          "predicted mixture's seed-mean curve needs to reach the baseline's final objective) / "
-         'the target, with a 95% bootstrap interval over seeds ("not reached" ranks lowest).', '']
+         'the target, with a 95% bootstrap interval over seeds ("not reached" ranks lowest; '
+         'with fewer than 5 seeds it has few distinct resamples and is rough).', '']
   for v in results.validations:
     n = len(v['seeds'])
     pred = v['runs']['predicted']
