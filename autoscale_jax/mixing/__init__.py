@@ -14,15 +14,20 @@ from autoscale_jax.mixing.ddo import (
                                       pinned_domains,
                                       solve_ddo,
 )
+from autoscale_jax.mixing.heuristics import doremi_update, temperature_weights, unimax_weights
+from autoscale_jax.mixing.mixing_law import MixingLaw
 from autoscale_jax.mixing.powerlaw import (
                                       DegenerateFitWarning,
                                       PowerLaw,
                                       bootstrap_fits,
                                       fit_power_law,
 )
+from autoscale_jax.mixing.regmix import RegMixRegressor, regmix_search
 
 __all__ = [
     'PINNED_MODES', 'AutoScaleModel', 'DDOProblem', 'DegenerateFitWarning', 'Perturbation',
     'PowerLaw', 'WeightInterval', 'bootstrap_fits', 'cap_to_data', 'ddo_weights', 'fit_domains',
     'fit_power_law', 'perturbation_plan', 'pinned_domains', 'solve_ddo',
+    'MixingLaw', 'RegMixRegressor', 'doremi_update', 'regmix_search', 'temperature_weights',
+    'unimax_weights',
 ]
