@@ -190,6 +190,10 @@ def pipeline_config(stage: str) -> ml_collections.ConfigDict:
   c.validate.enabled = stage in ('validate', 'at_ddo_budget')
   c.validate.targets = (choice['target'],) if stage == 'validate' else (large,)
   c.ddo.check_budgets = (choice['target'],) if stage == 'direct' else ()
+  if stage == 'direct':
+    # One replicate at the target (its 2m+1 runs are each a target-sized run); the DDO budgets'
+    # results are read back as they are (a finished budget is never redone).
+    c.ddo.replicates = 1
   return c
 
 
