@@ -11,7 +11,7 @@ from absl import logging
 from autoscale_jax.data.mixture import counts_from_weights, resolve_weights
 from autoscale_jax.errors import ConfigError, check_number
 from autoscale_jax.lead import write_json
-from autoscale_jax.mixing import confidence
+from autoscale_jax.mixing import cap_to_data, confidence
 from autoscale_jax.pipeline import predict
 from autoscale_jax.pipeline.registry import Experiment, RunSpec, positive_tokens, tokens_key
 from autoscale_jax.report import verdicts
@@ -81,9 +81,16 @@ def run(exp: Experiment, predictions: dict,
   largest = tokens_key(max(predictions['budgets']))
   reused = np.asarray(predictions['optima'][largest])
   summaries = []
+  available = exp.rows[exp.trainable] * int(exp.config.data.max_epochs) * float(exp.seq_len)
   for k, target in enumerate(chosen):
+    # The reused optimum, like the prediction, may not ask for more of a domain than the data.
+    reuse_here, capped = cap_to_data(reused * target, available)
+    if capped:
+      logging.warning('[validate @ %s] the reused optimum needs more of %s than the data holds '
+                      '(x%d epochs): capped there.', f'{target:,}',
+                      ', '.join(exp.mix_names[i] for i in capped), int(exp.config.data.max_epochs))
     mixtures = {PREDICTED: np.asarray(predictions['targets'][tokens_key(target)]['weights']),
-                **{n: reused if w is None else w for n, w in baselines.items()}}
+                **{n: reuse_here / target if w is None else w for n, w in baselines.items()}}
     specs = _specs(exp, mixtures, target)
     for spec in specs:  # the fixed baselines passed check() already; this is cheap
       exp.check_run(spec, _field(target))
