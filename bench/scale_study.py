@@ -20,13 +20,19 @@ Stages, in order (--stage=next, the default, runs the first one without a summar
   direct         a full DDO at the target (ddo.check_budgets): is the extrapolation right?
   report         the bench/RESULTS.md section from the summaries (trains nothing)
 
-  python bench/scale_study.py --workdir=/tmp/scale_study [--stage=next|NAME]
+  python bench/scale_study.py --workdir=/tmp/scale_study [--stage=next|NAME] [--max-minutes=75]
+
+A stage that would run past --max-minutes pauses at it (checkpointed, as on preemption) and the
+same command resumes it; its summary is written when it completes.
 """
 
 import argparse
 import json
+import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -164,14 +170,16 @@ def analyse_pilot(p: dict) -> dict:
 def choose_budgets(rows: dict, budgets: list[int]) -> dict:
   """The rule: the smallest pilot budget b such that at b and at 4b (both measured) every
   domain's |z| >= Z_RULE; DDO runs at (b, 4b) and predicts at TARGET_FACTOR x 4b. When no pair
-  passes, the pair with the largest smallest |z| (and the report says the rule failed)."""
+  passes, the pair with the largest smallest |z|, ties going to the larger budgets (and the
+  report says the rule failed)."""
   pairs = [(b, 4 * b) for b in budgets if 4 * b in budgets]
 
   def worst(pair):
     return min(abs(rows[str(b)]['domains'][d]['z']) for b in pair for d in rows[str(b)]['domains'])
 
   passing = [pair for pair in pairs if worst(pair) >= Z_RULE]
-  pair = passing[0] if passing else max(pairs, key=worst)
+  # Without a passing pair, the largest worst |z|, ties to the larger budgets (less noise).
+  pair = passing[0] if passing else max(pairs, key=lambda p: (round(worst(p), 6), p))
   return {'ddo_budgets': list(pair), 'target': TARGET_FACTOR * pair[1],
           'smallest_abs_z': worst(pair), 'rule_met': bool(passing), 'rule': (
               f'smallest pilot budget b with |z| >= {Z_RULE:g} for every domain at b and 4b; '
@@ -181,7 +189,8 @@ def choose_budgets(rows: dict, budgets: list[int]) -> dict:
 # ------------------------------------------------------------------------------ pipeline stages
 def pipeline_config(stage: str) -> ml_collections.ConfigDict:
   """The study config with the pilot's budgets and what `stage` adds (validation, checks)."""
-  choice = read_summary('pilot')['analysis']['choice']
+  pilot_summary = read_summary('pilot')
+  choice = choose_budgets(pilot_summary['analysis'], pilot_summary['budgets'])
   small, large = choice['ddo_budgets']
   c = study_config()
   c.ddo.budgets = (small, large)
@@ -328,7 +337,15 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', default='/tmp/scale_study')
   parser.add_argument('--stage', default='next', choices=('next', *STAGES))
+  parser.add_argument('--max-minutes', type=float, default=75.0,
+                      help='pause (SIGTERM: checkpoint and exit) after this long; rerun resumes')
   args = parser.parse_args()
+  # A stage longer than the limit pauses like a preempted job: the training loop checkpoints at
+  # SIGTERM and exits; rerunning the same stage resumes it, and only a finished stage writes its
+  # summary.
+  timer = threading.Timer(args.max_minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
+  timer.daemon = True
+  timer.start()
   stage = args.stage
   if stage == 'next':
     stage = next((s for s in STAGES[:-1] if not summary_path(s).exists()), 'report')
