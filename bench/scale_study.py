@@ -272,7 +272,7 @@ def report_section() -> str:
     for b in p['budgets']:
       row = a[str(b)]
       cells = [f"{r['ratio_mean']:.4f} ± {r['ratio_sd']:.4f}, {r['steps_ratio']:.4f}, "
-               f"{r['z']:+.1f}" for r in row['domains'].values()]
+               f"{r['z']:+.1f}" for r in (row['domains'][d] for d in p['domains'])]
       lines.append(f"| {b:,} | {row['objective_mean']:.1f} | {row['objective_sd_pct']:.2f} | "
                    + ' | '.join(cells) + ' |')
     lines += ['', 'Per-domain validation loss: sd over seeds (base runs) vs the standard error '
@@ -330,6 +330,9 @@ def report_section() -> str:
               f"{d['prediction']['noise']['source']} (sigma "
               f"{d['prediction']['noise']['sigma']:.3g}); domains on a bound: "
               f"{d['prediction']['pinned']}.", '']
+  reading = SUMMARIES / 'reading.md'  # the plain reading, written by hand from the numbers
+  if reading.exists():
+    lines += ['### Reading', '', reading.read_text().strip(), '']
   return '\n'.join(lines)
 
 
