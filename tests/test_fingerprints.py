@@ -79,3 +79,6 @@ def test_fields_added_later_count_only_away_from_their_first_value():
     changed.train[field] = value
     assert runs.run_fingerprint(changed, counts, 0, TOKENIZER_HASH) != base
   assert runs.run_fingerprint(config, counts, 1, TOKENIZER_HASH) != base
+  synthetic = copy.deepcopy(config)
+  synthetic.world = 'synthetic'  # a synthetic result is never found as a trained one
+  assert runs.run_fingerprint(synthetic, counts, 0, TOKENIZER_HASH) != base

@@ -17,7 +17,11 @@ from absl import logging
 from etils import epath
 
 from autoscale_jax.errors import ConfigError
+from autoscale_jax.lead import write_json
+from autoscale_jax.pipeline import world
 from autoscale_jax.progress import Progress, format_eta
+
+WORLDS = ('', 'synthetic')  # config.world: train for real, or read losses off pipeline/world.py
 
 
 # ------------------------------------------------------------------------------ small helpers
@@ -90,6 +94,9 @@ class Experiment:
     from autoscale_jax.train import runs
     # Settings a run would otherwise only meet after prepare (or at its end) are checked first.
     runs.check_config(config)
+    if config.world not in WORLDS:
+      raise ConfigError(f"config.world is '{config.world}'; use '' (train) or 'synthetic' (a known "
+                        'loss law instead of training, for tests).')
     self.trainable = trainable_mask(config)
     self.config = config
     self.workdir = workdir
@@ -185,8 +192,18 @@ class Experiment:
     return results
 
   def _train_group(self, specs: Sequence[RunSpec], stage: str) -> list[dict]:
-    """Runs of one evaluation cadence (any seeds), stacked or one after another."""
+    """Runs of one evaluation cadence (any seeds), stacked or one after another; in the
+    synthetic world (config.world), their results straight from its law."""
     from autoscale_jax.train import runs
+    if self.config.world == 'synthetic':
+      out = []
+      for s in specs:
+        record = world.result(self.run_config(s), name=f'{stage}/{s.name}',
+                              fingerprint=self.run_dir(s).name, names=self.names, counts=s.counts,
+                              seed=s.seed, rows=self.rows)
+        write_json(self.run_dir(s) / 'result.json', record)
+        out.append(record)
+      return out
     return runs.run_many(
         self.run_config(specs[0]),
         [runs.Run(f'{stage}/{s.name}', self.run_dir(s), s.counts, s.seed) for s in specs],

@@ -85,6 +85,8 @@ def run_description(config: ml_collections.ConfigDict, counts: np.ndarray, seed:
       'seed': int(seed),
       'tokenizer': tokenizer_hash,
   }
+  if config.get('world'):  # a synthetic world's results never pass for trained ones
+    shaping['world'] = config.world
   return json.loads(json.dumps(shaping, sort_keys=True, default=str))
 
 
