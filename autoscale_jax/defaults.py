@@ -40,7 +40,8 @@ def mesh(**sizes) -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # prepare | train | ddo | predict | autoscale (all of them, then report) | report
+  # prepare | train | ddo | predict | autoscale (all of them, then report) | compare (the mixture
+  # methods at equal proxy compute, then report) | report
   c.mode = 'autoscale'
   c.seed = 0  # seeds parameter init, dropout, the mixture sampler and BERT masking
   c.dry_run = False  # print the run plan (runs, tokens, steps, devices) and exit without training
@@ -159,6 +160,23 @@ def get_config() -> ml_collections.ConfigDict:
   # verdicts pair them); 1 gives no interval. Real configs: 3.
   c.validate.seeds = 1
   c.validate.eval_every = 40  # steps between evaluations of validation runs (objective curves)
+
+  # --- compare: the mixture methods side by side at equal proxy compute (mode=compare) --------
+  c.compare = ml_collections.ConfigDict()
+  # Methods (each validate.baselines entry joins them; uniform always does, as the reference):
+  # autoscale | reuse | regmix | mixing_law | temperature | unimax | uniform | natural.
+  c.compare.methods = ('autoscale', 'reuse', 'regmix', 'mixing_law', 'temperature', 'unimax',
+                       'uniform', 'natural')
+  # Proxy training tokens each learned method may spend; 0 = what the DDO budgets cost.
+  c.compare.proxy_tokens = 0
+  c.compare.swarm_runs = 16  # random-mixture runs RegMix and the mixing law share (tokens split)
+  c.compare.swarm_prior = 'uniform'  # Dirichlet centre of the swarm: uniform | natural
+  c.compare.swarm_concentration = 1.0  # Dirichlet concentration per domain (1 = flat, uniform)
+  c.compare.regmix_regressor = 'linear'  # linear | lightgbm (pip install -e ".[regmix]")
+  c.compare.regmix_samples = 100_000  # RegMix: Dirichlet candidates scored
+  c.compare.regmix_top_k = 100  # RegMix: best-scored candidates averaged
+  c.compare.temperature = 3.0  # temperature sampling tau: weights ~ tokens^(1/tau)
+  c.compare.unimax_epochs = 1.0  # UniMax: most epochs of any domain at the target
 
   # --- mesh ----------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

@@ -56,6 +56,18 @@ def paired_difference(candidate: ArrayLike, baseline: ArrayLike, level: float = 
   return Paired(mean, low, high, int(d.size), verdict)
 
 
+def mean_interval(values: ArrayLike, level: float = LEVEL) -> dict[str, Any]:
+  """The mean of values (one per seed) with its t-interval (None with one value)."""
+  v = np.asarray(values, np.float64)
+  if v.ndim != 1 or v.size == 0:
+    raise UserError(f'mean_interval needs a non-empty 1-D array; got shape {v.shape}.')
+  if v.size == 1:
+    return {'mean': float(v[0]), 'low': None, 'high': None, 'n': 1}
+  half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+  return {'mean': float(v.mean()), 'low': float(v.mean() - half),
+          'high': float(v.mean() + half), 'n': int(v.size)}
+
+
 def tokens_to_reach(tokens: ArrayLike, curve: ArrayLike, level: float) -> float | None:
   """Tokens at which an objective curve first reaches `level` (linear between evaluations);
   None if it never does."""

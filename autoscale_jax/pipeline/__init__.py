@@ -1,4 +1,5 @@
-"""The modes of an experiment (prepare, train, ddo, predict, autoscale, report), a stage a module.
+"""The modes of an experiment (prepare, train, ddo, predict, autoscale, compare, report), a stage a
+module.
 
 Workdir layout (every file written atomically; a file's presence means its step is done):
 
@@ -8,6 +9,8 @@ Workdir layout (every file written atomically; a file's presence means its step 
   budgets/<tokens>/          one DDO budget: plan.json, fits.json, optimum.json (ddo.py)
   checks/<tokens>/           a ddo.check_budgets DDO, as budgets/, + check.json (never fitted)
   autoscale/                 model.json (the fitted AutoScaleModel), predictions.json (predict.py)
+  swarm/plan.json            compare: the random-mixture proxy runs RegMix and the mixing law share
+  compare/                   compare: methods.json, and <tokens>.json per target (compare.py)
   validation/<tokens>.json   target runs of the predicted mixture against the baselines, every
                              seed, with the verdicts (validate.py)
   report/                    report.md and its plots (autoscale_jax/report; rebuilt by mode=report)
@@ -25,11 +28,11 @@ from autoscale_jax.data.mixture import counts_from_weights, resolve_weights
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.io import check_workdir
 from autoscale_jax.lead import say
-from autoscale_jax.pipeline import ddo, plan, predict, validate
+from autoscale_jax.pipeline import compare, ddo, plan, predict, validate
 from autoscale_jax.pipeline.lock import workdir_lock
 from autoscale_jax.pipeline.registry import Experiment, RunSpec, positive_tokens
 
-MODES = ('prepare', 'train', 'ddo', 'predict', 'autoscale', 'report')
+MODES = ('prepare', 'train', 'ddo', 'predict', 'autoscale', 'compare', 'report')
 
 
 def train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
@@ -86,5 +89,8 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str) -> None:
       ddo.run(Experiment(config, workdir))
     elif mode == 'predict':
       predict.run(config, workdir)
+    elif mode == 'compare':
+      compare.run(config, workdir)
+      say(f'compare finished; report: {report.write_report(workdir)}', stderr=True)
     else:
       autoscale(config, workdir)

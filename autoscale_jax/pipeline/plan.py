@@ -7,7 +7,7 @@ import numpy as np
 
 from autoscale_jax.data.mixture import counts_from_weights, num_steps, resolve_weights
 from autoscale_jax.lead import say
-from autoscale_jax.pipeline import ddo, predict, validate
+from autoscale_jax.pipeline import compare, ddo, predict, validate
 from autoscale_jax.pipeline.registry import devices_line, trainable_mask
 
 
@@ -43,7 +43,8 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
     w, note = mixture(config.train.weights, 'config.train.weights')
     add('train', str(config.train.weights) + note,
         counts_from_weights(w, config.train.tokens, seq_len))
-  if config.mode in ('ddo', 'autoscale'):
+  chosen = compare.methods(config) if config.mode == 'compare' else []
+  if config.mode in ('ddo', 'autoscale') or {'autoscale', 'reuse'} & set(chosen):
     natural = config.ddo.base_weights == 'natural'
     checks = ddo.check_budgets(config) if config.mode == 'autoscale' else []
     for stage, sizes in (('ddo', ddo.budgets(config)), ('check', checks)):
@@ -66,6 +67,27 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
         for s in range(len(seeds)):
           label = name if len(seeds) == 1 else f'{name} seed{s}'
           add(f'validate {t:,}', label + note, counts_from_weights(w, t, seq_len))
+  if config.mode == 'compare':
+    compare.check(config)
+    seeds = validate.seeds(config)
+    proxy = int(config.compare.proxy_tokens) or sum(
+        int(spec.counts.sum()) * seq_len for b in ddo.budgets(config)
+        for spec in ddo.ddo_plan(config, names, np.ones(len(names)), trainable, b, seq_len)[1])
+    if set(compare.SWARM) & set(chosen):
+      even, _ = mixture('uniform', 'config.compare')
+      for i in range(int(config.compare.swarm_runs)):
+        add('swarm', f'swarm {i} (Dirichlet mixture)',
+            counts_from_weights(even, proxy // int(config.compare.swarm_runs), seq_len))
+    for t in validate.targets(config):
+      even, _ = mixture('uniform', 'config.compare')
+      for name in chosen:
+        learned = name in compare.LEARNED
+        for s in range(len(seeds)):
+          label = name if len(seeds) == 1 else f'{name} seed{s}'
+          add(f'compare {t:,}', label + (' (weights after the proxies)' if learned else ''),
+              counts_from_weights(even, t, seq_len))
+    out(f'compare: every learned method may spend {proxy:,} proxy tokens; identical mixtures '
+        'train once.')
   if config.mode in ('predict', 'autoscale'):
     out('predict: targets ' + ', '.join(f'{t:,}' for t in predict.targets(config)) + ' tokens')
   _table(rows, names, out)

@@ -157,8 +157,16 @@ class Experiment:
     and, after each group, a log line with an ETA.
 
     Runs sharing an evaluation cadence form a group, trained stacked when config.train.stack_runs
-    allows and memory fits (the trainer logs which and why), else one after another.
+    allows and memory fits (the trainer logs which and why), else one after another. Specs that
+    are the same run (one run directory, e.g. two methods' identical mixtures) train once.
     """
+    first: dict[str, int] = {}
+    for k, spec in enumerate(specs):
+      first.setdefault(str(self.run_dir(spec)), k)
+    if len(first) < len(specs):
+      unique = self.train([specs[k] for k in first.values()], stage)
+      by_dir = dict(zip(first, unique))
+      return [by_dir[str(self.run_dir(spec))] for spec in specs]
     results: list[dict | None] = [None] * len(specs)
     todo = []
     for k, spec in enumerate(specs):

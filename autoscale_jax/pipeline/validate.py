@@ -73,6 +73,21 @@ def check(exp: Experiment) -> dict[str, np.ndarray | None]:
   return baselines
 
 
+def train_mixtures(exp: Experiment, mixtures: dict[str, np.ndarray], target: int,
+                   stage: str) -> dict[str, dict]:
+  """Every mixture at `target` tokens with every seed (their data needs checked first; the
+  same run is trained once); per mixture its seeds and their means (report/verdicts.py)."""
+  specs = _specs(exp, mixtures, target)
+  for spec in specs:
+    exp.check_run(spec, _field(target))
+  results = exp.train(specs, stage)
+  per_seed = len(seeds(exp.config))
+  return {name: verdicts.mixture_entry(
+      w, [verdicts.seed_entry(r, spec.seed) for spec, r in
+          zip(specs[i * per_seed:(i + 1) * per_seed], results[i * per_seed:(i + 1) * per_seed])])
+          for i, (name, w) in enumerate(mixtures.items())}
+
+
 def run(exp: Experiment, predictions: dict,
         baselines: dict[str, np.ndarray | None]) -> list[dict]:
   """Target runs of the predicted mixture and the `baselines` (from check), every seed; the
@@ -91,15 +106,8 @@ def run(exp: Experiment, predictions: dict,
                       ', '.join(exp.mix_names[i] for i in capped), int(exp.config.data.max_epochs))
     mixtures = {PREDICTED: np.asarray(predictions['targets'][tokens_key(target)]['weights']),
                 **{n: reuse_here / target if w is None else w for n, w in baselines.items()}}
-    specs = _specs(exp, mixtures, target)
-    for spec in specs:  # the fixed baselines passed check() already; this is cheap
-      exp.check_run(spec, _field(target))
-    results = exp.train(specs, f'validate {k + 1}/{len(chosen)} @ {target:,} tokens')
-    per_seed = len(seeds(exp.config))
-    runs = {name: verdicts.mixture_entry(
-        w, [verdicts.seed_entry(r, spec.seed) for spec, r in
-            zip(specs[i * per_seed:(i + 1) * per_seed], results[i * per_seed:(i + 1) * per_seed])])
-            for i, (name, w) in enumerate(mixtures.items())}
+    runs = train_mixtures(exp, mixtures, target,
+                          f'validate {k + 1}/{len(chosen)} @ {target:,} tokens')
     summary = {'target': target, 'domains': exp.names, 'mixture_domains': exp.mix_names,
                'seeds': seeds(exp.config), 'level': confidence.LEVEL,
                'reuse_budget': int(largest), 'runs': runs,

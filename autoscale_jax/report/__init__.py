@@ -16,6 +16,7 @@ from autoscale_jax.report.results import Results, load
 
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     tables.header,
+    tables.comparison,
     tables.verdicts,
     plots.validation,
     plots.fits,

@@ -23,6 +23,7 @@ class Results:
   model: dict | None
   validations: list[dict]  # per target, in order, in today's form (verdicts.upgrade)
   checks: list[dict]  # per check budget: 'plan', and 'check' once done
+  comparisons: list[dict]  # mode=compare: per target, every method's runs and verdicts
 
   @property
   def folder(self) -> epath.Path:
@@ -30,7 +31,7 @@ class Results:
 
   @property
   def domains(self) -> list[str]:
-    return self.budgets[0]['plan']['domains']
+    return (self.budgets[0]['plan'] if self.budgets else self.comparisons[0])['domains']
 
   def curve(self, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(tokens trained, training loss) at each logged step of one run; None before its first
@@ -58,9 +59,13 @@ def load(workdir: epath.Path) -> Results:
       if (path / f'{name}.json').exists():
         entry[name] = _load(path / f'{name}.json')
     budgets.append(entry)
-  if not budgets:
-    raise ConfigError(f'{workdir} holds no DDO results (budgets/*/plan.json); run '
-                      '--config.mode=ddo or autoscale there first, or fix --workdir.')
+  compare_dir = workdir / 'compare'
+  comparisons = sorted((_load(p) for p in compare_dir.glob('*.json') if p.stem.isdigit()),
+                       key=lambda c: c['target']) if compare_dir.exists() else []
+  if not budgets and not comparisons:
+    raise ConfigError(f'{workdir} holds no DDO or compare results (budgets/*/plan.json, '
+                      'compare/*.json); run --config.mode=ddo, autoscale or compare there first, '
+                      'or fix --workdir.')
   predictions_path = workdir / 'autoscale' / 'predictions.json'
   predictions = model = None
   if predictions_path.exists():
@@ -75,7 +80,7 @@ def load(workdir: epath.Path) -> Results:
     if (path / 'check.json').exists():
       entry['check'] = _load(path / 'check.json')
     checks.append(entry)
-  return Results(workdir, budgets, predictions, model, validations, checks)
+  return Results(workdir, budgets, predictions, model, validations, checks, comparisons)
 
 
 def _started(folder: epath.Path) -> list[epath.Path]:

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from autoscale_jax.mixing import PowerLaw
+from autoscale_jax.mixing import PowerLaw, confidence
 from autoscale_jax.report.results import Results
 
 
@@ -186,6 +186,37 @@ def verdicts(results: Results) -> list[str]:
     out[-1] += (f' The check budgets (not needed for the answer) trained {check_tokens:,.0f} '
                 f'more in {check_runs} runs.')
   return out + ['']
+
+
+def comparison(results: Results) -> list[str]:
+  """mode=compare: every method's answer against uniform, at equal proxy compute."""
+  if not results.comparisons:
+    return []
+  out = ['## Methods compared', '',
+         'Every method\'s mixture trained at the target with the same seeds; final objective '
+         '(seed mean, 95% t-interval over seeds), its paired difference to uniform with the '
+         'verdict, and the tokens it saves against uniform. Proxy tokens: what the method trained '
+         'on proxy runs to find its mixture (RegMix and the mixing law share one swarm).', '']
+  for c in results.comparisons:
+    n, target = len(c['seeds']), c['target']
+    out += [f"### {tokens(target)} tokens ({target:,}), {n} seed{'s' if n > 1 else ''}", '']
+    rows = []
+    for m, r in c['runs'].items():
+      mean = confidence.mean_interval([s['objective'] for s in r['seeds']])
+      spent = c['proxy_tokens'].get(m, 0)
+      v = c['verdicts'].get(m)
+      span = ('1 seed' if mean['low'] is None
+              else f"[{mean['low']:.4g}, {mean['high']:.4g}]")
+      versus = ['-', '-', '-'] if v is None else [
+          f"{v['objective']['mean']:+.4g} {_interval(v['objective'])}",
+          f"**{v['objective']['verdict']}**", _saved(v['tokens_saved'])]
+      rows.append([m + (f" (= {c['same_as'][m]})" if m in c['same_as'] else ''),
+                   f'{spent:,} ({spent / target:.2f}x)', f"{mean['mean']:.4g} {span}", *versus])
+    out += table(['method', 'proxy tokens', 'objective [95%]', f"vs {c['reference']} [95%]",
+                  'verdict', 'tokens saved vs uniform'], rows)
+    out += table(['method', *c['mixture_domains']],
+                 [[m, *[f'{w:.3f}' for w in r['weights']]] for m, r in c['runs'].items()])
+  return out
 
 
 def checks(results: Results) -> list[str]:

@@ -49,32 +49,33 @@ def mixture_entry(weights: Sequence[float], seeds: list[dict]) -> dict:
   }
 
 
+def pair(candidate: dict, baseline: dict, domains: Sequence[str]) -> dict:
+  """One mixture (a 'runs' entry) against another, seeds paired in order: the objective
+  difference with its interval and verdict, its size relative to the baseline, tokens saved
+  and the per-domain loss differences."""
+  n = min(len(candidate['seeds']), len(baseline['seeds']))
+  cand, base = candidate['seeds'][:n], baseline['seeds'][:n]
+  points = min(len(s['curve']) for s in cand)
+  tokens = [p['tokens'] for p in cand[0]['curve'][:points]]
+  objective = confidence.paired_difference([s['objective'] for s in cand],
+                                           [s['objective'] for s in base])
+  saved = confidence.saved_interval(
+      tokens, [[p['objective'] for p in s['curve'][:points]] for s in cand],
+      [s['objective'] for s in base])
+  return {
+      'objective': objective.to_dict(),
+      'relative': objective.mean / float(np.mean([s['objective'] for s in base])),
+      'tokens_saved': saved.to_dict(),
+      'domains': {d: confidence.paired_difference([s['val_loss'][d] for s in cand],
+                                                  [s['val_loss'][d] for s in base]).to_dict()
+                  for d in domains},
+  }
+
+
 def compare(runs: dict[str, dict], domains: Sequence[str]) -> dict[str, dict]:
-  """Per baseline: the paired objective difference, its relative size, tokens saved and the
-  per-domain loss differences (seeds paired in order)."""
-  predicted = runs[PREDICTED]['seeds']
-  out = {}
-  for name, run in runs.items():
-    if name == PREDICTED:
-      continue
-    n = min(len(predicted), len(run['seeds']))
-    cand, base = predicted[:n], run['seeds'][:n]
-    points = min(len(s['curve']) for s in cand)
-    tokens = [p['tokens'] for p in cand[0]['curve'][:points]]
-    objective = confidence.paired_difference([s['objective'] for s in cand],
-                                             [s['objective'] for s in base])
-    saved = confidence.saved_interval(
-        tokens, [[p['objective'] for p in s['curve'][:points]] for s in cand],
-        [s['objective'] for s in base])
-    out[name] = {
-        'objective': objective.to_dict(),
-        'relative': objective.mean / float(np.mean([s['objective'] for s in base])),
-        'tokens_saved': saved.to_dict(),
-        'domains': {d: confidence.paired_difference([s['val_loss'][d] for s in cand],
-                                                    [s['val_loss'][d] for s in base]).to_dict()
-                    for d in domains},
-    }
-  return out
+  """The predicted mixture against every baseline."""
+  return {name: pair(runs[PREDICTED], run, domains)
+          for name, run in runs.items() if name != PREDICTED}
 
 
 def upgrade(validation: dict) -> dict:

@@ -1,0 +1,185 @@
+"""mode=compare: the mixture methods side by side at equal proxy compute, each answer validated
+at the targets with the same seeds, trainer, sampler and validation sets.
+
+Every learned method may spend compare.proxy_tokens training tokens on proxy runs (default: what
+AutoScale's DDO budgets cost). AutoScale and reuse spend them on the DDO stages; RegMix and the
+Data Mixing Law share one swarm of short runs at random mixtures (swarm/plan.json, the runs in
+runs/), which costs the same; the heuristics and fixed mixtures spend nothing. Identical
+mixtures are the same runs and train once.
+
+Writes compare/methods.json (every method's weights at every target, its proxy tokens) and
+compare/<tokens>.json per target (every method's seeds, verdicts against uniform).
+"""
+
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from autoscale_jax.data.mixture import counts_from_weights, resolve_weights
+from autoscale_jax.errors import ConfigError, check_number
+from autoscale_jax.lead import write_json
+from autoscale_jax.mixing import (
+  MixingLaw,
+  RegMixRegressor,
+  regmix_search,
+  temperature_weights,
+  unimax_weights,
+)
+from autoscale_jax.pipeline import ddo, predict, validate
+from autoscale_jax.pipeline.registry import Experiment, RunSpec, format_weights, tokens_key
+from autoscale_jax.report import verdicts
+
+METHODS = ('autoscale', 'reuse', 'regmix', 'mixing_law', 'temperature', 'unimax', 'uniform',
+           'natural')
+LEARNED = ('autoscale', 'reuse', 'regmix', 'mixing_law')  # spend proxy compute
+SWARM = ('regmix', 'mixing_law')  # share the swarm
+REFERENCE = 'uniform'  # every method's verdict is against it
+
+
+def methods(config: ml_collections.ConfigDict) -> list[str]:
+  """compare.methods, checked, then every validate.baselines name not among them."""
+  chosen = list(config.compare.methods)
+  unknown = [m for m in chosen if m not in METHODS]
+  if 'doremi' in unknown:
+    raise ConfigError("config.compare.methods names 'doremi', which this version does not run "
+                      '(its proxy run kind is not built yet); remove it.')
+  if unknown:
+    raise ConfigError(f"config.compare.methods names unknown method(s) {unknown}; use any of "
+                      f"{', '.join(METHODS)}.")
+  if REFERENCE not in chosen:
+    chosen.append(REFERENCE)  # the verdicts need it
+  return chosen + [b for b in config.validate.baselines if b not in chosen]
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """compare's numbers and choices, before anything trains."""
+  c = config.compare
+  check_number(c.proxy_tokens, 'config.compare.proxy_tokens', least=0)
+  check_number(c.swarm_runs, 'config.compare.swarm_runs', least=2, whole=True)
+  check_number(c.swarm_concentration, 'config.compare.swarm_concentration', more_than=0)
+  check_number(c.regmix_samples, 'config.compare.regmix_samples', least=1, whole=True)
+  check_number(c.regmix_top_k, 'config.compare.regmix_top_k', least=1, whole=True)
+  check_number(c.temperature, 'config.compare.temperature', more_than=0)
+  check_number(c.unimax_epochs, 'config.compare.unimax_epochs', more_than=0)
+  if c.swarm_prior not in ('uniform', 'natural'):
+    raise ConfigError(f"config.compare.swarm_prior is '{c.swarm_prior}'; use 'uniform' or "
+                      "'natural'.")
+  if c.regmix_regressor not in ('linear', 'lightgbm'):
+    raise ConfigError(f"config.compare.regmix_regressor is '{c.regmix_regressor}'; use 'linear' "
+                      "or 'lightgbm'.")
+
+
+def ddo_tokens(exp: Experiment) -> int:
+  """What AutoScale's DDO stages train in all: the default proxy compute of every method."""
+  return sum(int(s.counts.sum()) * exp.seq_len for b in ddo.budgets(exp.config)
+             for s in ddo.ddo_plan(exp.config, exp.names, exp.natural, exp.trainable, b,
+                                   exp.seq_len)[1])
+
+
+def swarm_plan(exp: Experiment, proxy_tokens: int) -> tuple[np.ndarray, list[RunSpec]]:
+  """compare.swarm_runs mixtures drawn from a Dirichlet around the prior (seeded by
+  config.seed), each trained for proxy_tokens / swarm_runs tokens with the config's seed."""
+  c = exp.config.compare
+  m = len(exp.mix_names)
+  natural = exp.natural[exp.trainable]
+  prior = natural / natural.sum() if c.swarm_prior == 'natural' else np.full(m, 1.0 / m)
+  rng = np.random.default_rng(int(exp.config.seed))
+  mixtures = rng.dirichlet(float(c.swarm_concentration) * m * prior, int(c.swarm_runs))
+  tokens = proxy_tokens // int(c.swarm_runs)
+  specs = [RunSpec(f'swarm {i}', exp.full(counts_from_weights(w, tokens, exp.seq_len)),
+                   int(exp.config.seed)) for i, w in enumerate(mixtures)]
+  return mixtures, specs
+
+
+def _upper(exp: Experiment, target: int) -> np.ndarray:
+  """Each domain's largest weight at `target` that the data allows (data.max_epochs)."""
+  available = exp.rows[exp.trainable] * int(exp.config.data.max_epochs) * float(exp.seq_len)
+  return np.minimum(available / target, 1.0)
+
+
+def _swarm_answers(exp: Experiment, mixtures: np.ndarray, results: list[dict], target: int,
+                   wanted: list[str]) -> dict[str, np.ndarray]:
+  """RegMix's and the mixing law's mixtures at `target`, from the swarm's results."""
+  config, out = exp.config, {}
+  upper = _upper(exp, target)
+  if 'mixing_law' in wanted:
+    losses = np.array([[r['val_loss'][n] for n in exp.names] for r in results])
+    kind = config.eval.objective
+    weights = None
+    if kind.startswith('weighted'):
+      weights = np.array([float(config.eval.objective_weights.get(n, 0.0)) for n in exp.names])
+    law = MixingLaw.fit(mixtures, losses)
+    out['mixing_law'] = law.optimize(objective_weights=weights, upper=upper,
+                                     perplexity=kind.endswith('ppl'))
+  if 'regmix' in wanted:
+    regressor = RegMixRegressor(kind=config.compare.regmix_regressor).fit(
+        mixtures, np.array([r['objective'] for r in results]))
+    out['regmix'] = regmix_search(regressor, len(exp.mix_names),
+                                  int(config.compare.regmix_samples),
+                                  int(config.compare.regmix_top_k),
+                                  np.random.default_rng(int(config.seed)), upper=upper)
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
+  """Every method's mixture at every target, validated with validate.seeds seeds."""
+  check(config)
+  chosen = methods(config)
+  targets = validate.targets(config)
+  exp = Experiment(config, workdir)
+  baselines = {n: w for n, w in validate.check(exp).items() if w is not None}
+  budget = int(config.compare.proxy_tokens) or ddo_tokens(exp)
+  spent = {m: budget if m in LEARNED else 0 for m in chosen}
+  predictions = None
+  if {'autoscale', 'reuse'} & set(chosen):
+    predict.check(config)
+    predictions = predict.run(config, workdir, ddo.run(exp))
+  swarm_results = None
+  if set(SWARM) & set(chosen):
+    mixtures, specs = swarm_plan(exp, budget)
+    write_json(workdir / 'swarm' / 'plan.json', {
+        'domains': exp.mix_names, 'proxy_tokens': budget, 'mixtures': mixtures.tolist(),
+        'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name} for s in specs]})
+    for spec in specs:
+      exp.check_run(spec, 'config.compare.swarm_runs')
+    swarm_results = exp.train(specs, f'swarm ({len(specs)} runs)')
+  natural = exp.natural[exp.trainable]
+  summaries, table = [], {}
+  for k, target in enumerate(targets):
+    answers: dict[str, np.ndarray] = {}
+    for m in chosen:
+      if m == 'autoscale':
+        answers[m] = np.asarray(predictions['targets'][tokens_key(target)]['weights'])
+      elif m == 'reuse':
+        answers[m] = np.asarray(predictions['optima'][tokens_key(max(predictions['budgets']))])
+      elif m == 'temperature':
+        answers[m] = temperature_weights(natural, float(config.compare.temperature))
+      elif m == 'unimax':
+        answers[m] = unimax_weights(natural, target, float(config.compare.unimax_epochs))
+      elif m in ('uniform', 'natural'):
+        answers[m] = resolve_weights(m, exp.mix_names, natural, 'config.compare.methods')
+      elif m in baselines:
+        answers[m] = baselines[m]
+    if swarm_results is not None:
+      answers.update(_swarm_answers(exp, mixtures, swarm_results, target, chosen))
+    answers = {m: answers[m] for m in chosen}
+    for m, w in answers.items():
+      logging.info('[compare @ %s] %s: %s', f'{target:,}', m, format_weights(exp.mix_names, w))
+    runs = validate.train_mixtures(exp, answers, target,
+                                   f'compare {k + 1}/{len(targets)} @ {target:,} tokens')
+    # Identical mixtures are one run; name each after the reference or natural when it is one.
+    order = sorted(answers, key=lambda o: (o != REFERENCE, o != 'natural'))
+    same = {m: next(o for o in order if np.allclose(answers[o], answers[m], atol=1e-9))
+            for m in answers}
+    summary = {'target': target, 'domains': exp.names, 'mixture_domains': exp.mix_names,
+               'seeds': validate.seeds(config), 'reference': REFERENCE, 'proxy_tokens': spent,
+               'same_as': {m: o for m, o in same.items() if o != m}, 'runs': runs,
+               'verdicts': {m: verdicts.pair(r, runs[REFERENCE], exp.names)
+                            for m, r in runs.items() if m != REFERENCE}}
+    write_json(workdir / 'compare' / f'{tokens_key(target)}.json', summary)
+    table[tokens_key(target)] = {m: w.tolist() for m, w in answers.items()}
+    summaries.append(summary)
+  write_json(workdir / 'compare' / 'methods.json', {'domains': exp.mix_names,
+                                                    'proxy_tokens': spent, 'weights': table})
+  return summaries
