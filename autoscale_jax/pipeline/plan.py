@@ -84,8 +84,10 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
         learned = name in compare.LEARNED
         for s in range(len(seeds)):
           label = name if len(seeds) == 1 else f'{name} seed{s}'
-          add(f'compare {t:,}', label + (' (weights after the proxies)' if learned else ''),
-              counts_from_weights(even, t, seq_len))
+          note = (' (weights after the proxies)' if learned else
+                  ' (from the data: shares known after prepare)'
+                  if name in ('natural', 'temperature', 'unimax') else '')
+          add(f'compare {t:,}', label + note, counts_from_weights(even, t, seq_len))
     out(f'compare: every learned method may spend {proxy:,} proxy tokens; identical mixtures '
         'train once.')
   if config.mode in ('predict', 'autoscale'):
