@@ -23,7 +23,8 @@ Stages, in order (--stage=next, the default, runs the first one without a summar
   python bench/scale_study.py --workdir=/tmp/scale_study [--stage=next|NAME] [--max-minutes=75]
 
 A stage that would run past --max-minutes pauses at it (checkpointed, as on preemption) and the
-same command resumes it; its summary is written when it completes.
+same command resumes it; its summary is written when it completes. The ddo summary keeps the DDO
+budgets' files, so the later stages run on a new machine without retraining DDO.
 """
 
 import argparse
@@ -206,9 +207,29 @@ def pipeline_config(stage: str) -> ml_collections.ConfigDict:
   return c
 
 
+BUDGET_FILES = ('plan', 'fits', 'optimum')
+
+
+def restore_budgets(workdir: epath.Path, budgets) -> None:
+  """On a new machine (an empty workdir), the DDO budgets' files from the committed ddo summary:
+  a budget with its optimum.json is reused as is, so later stages need none of its runs."""
+  if not summary_path('ddo').exists():
+    return
+  saved = read_summary('ddo').get('budget_files', {})
+  for b in budgets:
+    folder = workdir / 'budgets' / str(b)
+    if str(b) in saved and not (folder / 'optimum.json').exists():
+      folder.mkdir(parents=True, exist_ok=True)
+      for name in BUDGET_FILES:  # optimum.json last: its presence says the budget is done
+        (folder / f'{name}.json').write_text(json.dumps(saved[str(b)][name]))
+      print(f'restored budgets/{b}/ from {summary_path("ddo").relative_to(_common.ROOT)}')
+
+
 def run_pipeline(stage: str, workdir: epath.Path) -> dict:
   start = time.time()
   config = pipeline_config(stage)
+  if stage != 'ddo':
+    restore_budgets(workdir, config.ddo.budgets)
   pipeline.dispatch(config, str(workdir))
   summary = {**_header(stage, start), 'ddo_budgets': list(config.ddo.budgets),
              'replicates': int(config.ddo.replicates)}
@@ -217,6 +238,10 @@ def run_pipeline(stage: str, workdir: epath.Path) -> dict:
                                                        'pinned', 'notes')}
   summary['fits'] = {str(b): json.loads((workdir / 'budgets' / str(b) / 'fits.json').read_text())
                      for b in config.ddo.budgets}
+  if stage == 'ddo':  # what a later stage on another machine needs instead of the DDO runs
+    summary['budget_files'] = {
+        str(b): {name: json.loads((workdir / 'budgets' / str(b) / f'{name}.json').read_text())
+                 for name in BUDGET_FILES} for b in config.ddo.budgets}
   if config.validate.enabled:
     target = config.validate.targets[0]
     v = json.loads((workdir / 'validation' / f'{target}.json').read_text())
