@@ -1,4 +1,5 @@
-"""Float64 and root-finding helpers shared by the fit, the solve and the extrapolation."""
+"""Float64, root-finding and least-squares helpers shared by the fits, the solves and the
+extrapolation."""
 
 import functools
 from collections.abc import Callable
@@ -32,3 +33,30 @@ def bisect(f: Callable[[jax.Array], jax.Array], lo: jax.Array, hi: jax.Array) ->
 
   lo, hi = jax.lax.fori_loop(0, BISECT_STEPS, step, (lo, hi))
   return 0.5 * (lo + hi)
+
+
+def levenberg_marquardt(residuals: Callable[[jax.Array], jax.Array], p: jax.Array, steps: int,
+                        limit) -> tuple[jax.Array, jax.Array]:
+  """Damped Gauss-Newton on residuals(p), parameters clipped to +-limit (a scalar or one per
+  parameter) so exp never overflows: rejected steps raise the damping, accepted ones lower it.
+  Returns the parameters and their cost (half the squared residuals)."""
+  jac = jax.jacfwd(residuals)
+  eye = jnp.eye(p.size)
+
+  def cost(p):
+    r = residuals(p)
+    return 0.5 * jnp.dot(r, r)
+
+  def step(_, state):
+    p, mu, current = state
+    r, j = residuals(p), jac(p)
+    jtj = j.T @ j
+    damping = mu * (jnp.diag(jnp.diag(jtj)) + 1e-30 * eye)
+    trial = jnp.clip(p - jnp.linalg.solve(jtj + damping, j.T @ r), -limit, limit)
+    trial_cost = cost(trial)
+    better = trial_cost < current  # False for nan, so a bad step is simply rejected
+    return (jnp.where(better, trial, p), jnp.where(better, jnp.maximum(mu / 3, 1e-15), mu * 4),
+            jnp.where(better, trial_cost, current))
+
+  p, _, final = jax.lax.fori_loop(0, steps, step, (p, jnp.float64(1e-3), cost(p)))
+  return p, final

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from autoscale_jax.errors import UserError
-from autoscale_jax.mixing._numerics import bisect, x64
+from autoscale_jax.mixing._numerics import bisect, levenberg_marquardt, x64
 
 # Mixture rows must sum to 1 within this.
 SIMPLEX_ATOL = 1e-6
@@ -73,31 +73,6 @@ def _residuals(p: jax.Array, r: jax.Array, y: jax.Array) -> jax.Array:
   return p[0] + jnp.exp(p[1] + r[:, :-1] @ p[2:]) - y
 
 
-def _levenberg_marquardt(residuals, p, steps):
-  """Damped Gauss-Newton: rejected steps raise the damping, accepted ones lower it."""
-  jac = jax.jacfwd(residuals)
-  eye = jnp.eye(p.size)
-  limit = jnp.concatenate([jnp.array([jnp.inf]), jnp.full(p.size - 1, _LOG_LIMIT)])
-
-  def cost(p):
-    r = residuals(p)
-    return 0.5 * jnp.dot(r, r)
-
-  def step(_, state):
-    p, mu, current = state
-    r, j = residuals(p), jac(p)
-    jtj = j.T @ j
-    damping = mu * (jnp.diag(jnp.diag(jtj)) + 1e-30 * eye)
-    trial = jnp.clip(p - jnp.linalg.solve(jtj + damping, j.T @ r), -limit, limit)
-    trial_cost = cost(trial)
-    better = trial_cost < current  # False for nan, so a bad step is simply rejected
-    return (jnp.where(better, trial, p), jnp.where(better, jnp.maximum(mu / 3, 1e-15), mu * 4),
-            jnp.where(better, trial_cost, current))
-
-  p, _, final = jax.lax.fori_loop(0, steps, step, (p, jnp.float64(1e-3), cost(p)))
-  return p, final
-
-
 def _start(v: jax.Array, r: jax.Array, y: jax.Array) -> jax.Array:
   """[c, log k, v]: c and k > 0 by linear least squares for the exponents v, else a flat guess."""
   g = jnp.exp(r[:, :-1] @ v)
@@ -116,7 +91,9 @@ def _fit_kernel(r: jax.Array, ys: jax.Array, starts: jax.Array) -> tuple[jax.Arr
 
   def fit_row(y):
     def fit(v):
-      return _levenberg_marquardt(lambda p: _residuals(p, r, y), _start(v, r, y), _LM_STEPS)
+      p = _start(v, r, y)
+      limit = jnp.concatenate([jnp.array([jnp.inf]), jnp.full(p.size - 1, _LOG_LIMIT)])  # c free
+      return levenberg_marquardt(lambda q: _residuals(q, r, y), p, _LM_STEPS, limit)
 
     ps, costs = jax.vmap(fit)(starts)
     best = jnp.argmin(jnp.where(jnp.isnan(costs), jnp.inf, costs))

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from autoscale_jax.errors import UserError
-from autoscale_jax.mixing._numerics import x64
+from autoscale_jax.mixing._numerics import levenberg_marquardt, x64
 
 # Start search: a coarse log a grid, profiled (best a per b) on a fine log b grid; LM then
 # polishes the best few local minima of that profile.
@@ -93,30 +93,6 @@ def _projected_residuals(p: jax.Array, x: jax.Array, y: jax.Array, sw: jax.Array
   return sw * (y - g - c)
 
 
-def _levenberg_marquardt(residuals, p, steps):
-  """Damped Gauss-Newton on residuals(p): rejected steps raise the damping, accepted lower it."""
-  jac = jax.jacfwd(residuals)
-  eye = jnp.eye(p.size)
-
-  def cost(p):
-    r = residuals(p)
-    return 0.5 * jnp.dot(r, r)
-
-  def step(_, state):
-    p, mu, current = state
-    r, j = residuals(p), jac(p)
-    jtj = j.T @ j
-    damping = mu * (jnp.diag(jnp.diag(jtj)) + 1e-30 * eye)
-    trial = jnp.clip(p - jnp.linalg.solve(jtj + damping, j.T @ r), -_LOG_LIMIT, _LOG_LIMIT)
-    trial_cost = cost(trial)
-    better = trial_cost < current  # False for nan, so a bad step is simply rejected
-    return (jnp.where(better, trial, p), jnp.where(better, jnp.maximum(mu / 3, 1e-15), mu * 4),
-            jnp.where(better, trial_cost, current))
-
-  p, _, final = jax.lax.fori_loop(0, steps, step, (p, jnp.float64(1e-3), cost(p)))
-  return p, final
-
-
 def _starts(x: jax.Array, y: jax.Array, sw: jax.Array) -> jax.Array:
   """Starts at the _STARTS best local minima of the cost profiled over log a on a log b grid.
 
@@ -131,7 +107,7 @@ def _starts(x: jax.Array, y: jax.Array, sw: jax.Array) -> jax.Array:
 
   def profile(log_a, log_b):
     residuals = lambda q: _projected_residuals(jnp.stack([q[0], log_b]), x, y, sw)
-    return _levenberg_marquardt(residuals, log_a[None], _PROFILE_STEPS)
+    return levenberg_marquardt(residuals, log_a[None], _PROFILE_STEPS, _LOG_LIMIT)
 
   log_a, cost = jax.vmap(profile)(log_a, grid_b)
   cost = jnp.where(jnp.isnan(cost), jnp.inf, cost)
@@ -146,7 +122,9 @@ def _fit_kernel(x: jax.Array, ys: jax.Array, sw: jax.Array) -> jax.Array:
   """Fits every row of ys; per row returns [log a, log b, c, log a, log b of the other law]."""
 
   def fit_row(y):
-    fit = lambda p: _levenberg_marquardt(lambda q: _projected_residuals(q, x, y, sw), p, _LM_STEPS)
+    def fit(p):
+      return levenberg_marquardt(lambda q: _projected_residuals(q, x, y, sw), p, _LM_STEPS,
+                                 _LOG_LIMIT)
     ps, costs = jax.vmap(fit)(_starts(x, y, sw))
     costs = jnp.where(jnp.isnan(costs), jnp.inf, costs)
     # Three points often admit two exact laws; among equally good fits take the largest b (the
