@@ -39,6 +39,7 @@ import warnings
 
 import ml_collections
 import numpy as np
+from absl import logging
 from etils import epath
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -368,6 +369,7 @@ def main() -> None:
   parser.add_argument('--max-minutes', type=float, default=75.0,
                       help='pause (SIGTERM: checkpoint and exit) after this long; rerun resumes')
   args = parser.parse_args()
+  logging.set_verbosity(logging.INFO)  # the pipeline's progress lines (no absl app here)
   # A stage longer than the limit pauses like a preempted job: the training loop checkpoints at
   # SIGTERM and exits; rerunning the same stage resumes it, and only a finished stage writes its
   # summary.
