@@ -127,13 +127,14 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
   check(config)
   chosen = methods(config)
   targets = validate.targets(config)
+  if {'autoscale', 'reuse'} & set(chosen):
+    predict.check(config)
   exp = Experiment(config, workdir)
   baselines = {n: w for n, w in validate.check(exp).items() if w is not None}
   budget = int(config.compare.proxy_tokens) or ddo_tokens(exp)
   spent = {m: budget if m in LEARNED else 0 for m in chosen}
   predictions = None
   if {'autoscale', 'reuse'} & set(chosen):
-    predict.check(config)
     predictions = predict.run(config, workdir, ddo.run(exp))
   swarm_results = None
   if set(SWARM) & set(chosen):
@@ -152,7 +153,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
       if m == 'autoscale':
         answers[m] = np.asarray(predictions['targets'][tokens_key(target)]['weights'])
       elif m == 'reuse':
-        answers[m] = np.asarray(predictions['optima'][tokens_key(max(predictions['budgets']))])
+        answers[m] = validate.reused_weights(exp, predictions, target)
       elif m == 'temperature':
         answers[m] = temperature_weights(natural, float(config.compare.temperature))
       elif m == 'unimax':

@@ -73,6 +73,19 @@ def check(exp: Experiment) -> dict[str, np.ndarray | None]:
   return baselines
 
 
+def reused_weights(exp: Experiment, predictions: dict, target: int) -> np.ndarray:
+  """The optimum of the largest DDO budget, used as is at `target` except where it would need
+  more of a domain than the data holds (capped there, like the prediction, and logged)."""
+  reused = np.asarray(predictions['optima'][tokens_key(max(predictions['budgets']))])
+  available = exp.rows[exp.trainable] * int(exp.config.data.max_epochs) * float(exp.seq_len)
+  quantities, capped = cap_to_data(reused * target, available)
+  if capped:
+    logging.warning('[%s tokens] the reused optimum needs more of %s than the data holds (x%d '
+                    'epochs): capped there.', f'{target:,}',
+                    ', '.join(exp.mix_names[i] for i in capped), int(exp.config.data.max_epochs))
+  return quantities / target
+
+
 def train_mixtures(exp: Experiment, mixtures: dict[str, np.ndarray], target: int,
                    stage: str) -> dict[str, dict]:
   """Every mixture at `target` tokens with every seed (their data needs checked first; the
@@ -94,18 +107,11 @@ def run(exp: Experiment, predictions: dict,
   verdicts (report/verdicts.py) go into validation/<tokens>.json."""
   chosen = targets(exp.config)
   largest = tokens_key(max(predictions['budgets']))
-  reused = np.asarray(predictions['optima'][largest])
   summaries = []
-  available = exp.rows[exp.trainable] * int(exp.config.data.max_epochs) * float(exp.seq_len)
   for k, target in enumerate(chosen):
-    # The reused optimum, like the prediction, may not ask for more of a domain than the data.
-    reuse_here, capped = cap_to_data(reused * target, available)
-    if capped:
-      logging.warning('[validate @ %s] the reused optimum needs more of %s than the data holds '
-                      '(x%d epochs): capped there.', f'{target:,}',
-                      ', '.join(exp.mix_names[i] for i in capped), int(exp.config.data.max_epochs))
+    reused = reused_weights(exp, predictions, target)
     mixtures = {PREDICTED: np.asarray(predictions['targets'][tokens_key(target)]['weights']),
-                **{n: reuse_here / target if w is None else w for n, w in baselines.items()}}
+                **{n: reused if w is None else w for n, w in baselines.items()}}
     runs = train_mixtures(exp, mixtures, target,
                           f'validate {k + 1}/{len(chosen)} @ {target:,} tokens')
     summary = {'target': target, 'domains': exp.names, 'mixture_domains': exp.mix_names,
