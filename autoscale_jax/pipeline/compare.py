@@ -94,8 +94,7 @@ def swarm_plan(exp: Experiment, proxy_tokens: int) -> tuple[np.ndarray, list[Run
 
 def _upper(exp: Experiment, target: int) -> np.ndarray:
   """Each domain's largest weight at `target` that the data allows (data.max_epochs)."""
-  available = exp.rows[exp.trainable] * int(exp.config.data.max_epochs) * float(exp.seq_len)
-  return np.minimum(available / target, 1.0)
+  return np.minimum(exp.available_tokens / target, 1.0)
 
 
 def _swarm_answers(exp: Experiment, mixtures: np.ndarray, results: list[dict], target: int,

@@ -147,8 +147,7 @@ def run_budget(exp: Experiment, budget: int, stage: str, root: str = 'budgets') 
   notes = [str(w.message) for w in caught]
   for note in notes:
     logging.warning('[%s] %s', stage, note)
-  available = exp.rows[exp.trainable] * int(config.data.max_epochs) * float(exp.seq_len)
-  lower, upper = ddo_bounds(config, base, available)
+  lower, upper = ddo_bounds(config, base, exp.available_tokens)
   problem = DDOProblem(base, tuple(fits), lower, tuple(upper))
   n = problem.multipliers()
   write_json(folder / 'fits.json', {
@@ -159,7 +158,8 @@ def run_budget(exp: Experiment, budget: int, stage: str, root: str = 'budgets') 
       'budget': budget, 'domains': names, 'problem': problem.to_dict(),
       'multipliers': n.tolist(), 'quantities': problem.optimum().tolist(),
       'weights': ddo_weights(n, base).tolist(), 'pinned': [names[i] for i in problem.pinned()],
-      'base_weights': (base / base.sum()).tolist(), 'available_tokens': available.tolist()}
+      'base_weights': (base / base.sum()).tolist(),
+      'available_tokens': exp.available_tokens.tolist()}
   write_json(optimum_path, optimum)
   logging.info('[%s] optimal weights %s%s', stage, format_weights(names, optimum['weights']),
                f" (on a bound: {', '.join(optimum['pinned'])})" if optimum['pinned'] else '')

@@ -106,6 +106,9 @@ class Experiment:
     self.rows = np.array([s.train.shape[0] for s in self.stores.values()], np.int64)
     self.natural = np.array([s.meta['tokens'] for s in self.stores.values()], np.float64)
     self.mix_names = [n for n, t in zip(self.names, self.trainable) if t]  # the mixture's domains
+    # Tokens of each mixture domain a run may train on: its rows, data.max_epochs times over.
+    self.available_tokens = (self.rows[self.trainable] * int(config.data.max_epochs)
+                             * float(self.seq_len))
     # The compiled programs every run of the experiment shares (built when first trained).
     self.trainers = runs.Trainers(config, self.tokenizer, len(self.names))
     self._session_tokens = 0

@@ -77,8 +77,7 @@ def reused_weights(exp: Experiment, predictions: dict, target: int) -> np.ndarra
   """The optimum of the largest DDO budget, used as is at `target` except where it would need
   more of a domain than the data holds (capped there, like the prediction, and logged)."""
   reused = np.asarray(predictions['optima'][tokens_key(max(predictions['budgets']))])
-  available = exp.rows[exp.trainable] * int(exp.config.data.max_epochs) * float(exp.seq_len)
-  quantities, capped = cap_to_data(reused * target, available)
+  quantities, capped = cap_to_data(reused * target, exp.available_tokens)
   if capped:
     logging.warning('[%s tokens] the reused optimum needs more of %s than the data holds (x%d '
                     'epochs): capped there.', f'{target:,}',
