@@ -70,13 +70,6 @@ def check(config: ml_collections.ConfigDict) -> None:
                       "or 'lightgbm'.")
 
 
-def ddo_tokens(exp: Experiment) -> int:
-  """What AutoScale's DDO stages train in all: the default proxy compute of every method."""
-  return sum(int(s.counts.sum()) * exp.seq_len for b in ddo.budgets(exp.config)
-             for s in ddo.ddo_plan(exp.config, exp.names, exp.natural, exp.trainable, b,
-                                   exp.seq_len)[1])
-
-
 def swarm_plan(exp: Experiment, proxy_tokens: int) -> tuple[np.ndarray, list[RunSpec]]:
   """compare.swarm_runs mixtures drawn from a Dirichlet around the prior (seeded by
   config.seed), each trained for proxy_tokens / swarm_runs tokens with the config's seed."""
@@ -130,7 +123,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
     predict.check(config)
   exp = Experiment(config, workdir)
   baselines = {n: w for n, w in validate.check(exp).items() if w is not None}
-  budget = int(config.compare.proxy_tokens) or ddo_tokens(exp)
+  budget = int(config.compare.proxy_tokens) or ddo.total_tokens(
+      config, exp.names, exp.natural, exp.trainable, exp.seq_len)
   spent = {m: budget if m in LEARNED else 0 for m in chosen}
   predictions = None
   if {'autoscale', 'reuse'} & set(chosen):

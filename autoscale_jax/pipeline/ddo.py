@@ -96,6 +96,13 @@ def ddo_plan(config: ml_collections.ConfigDict, names: list[str], natural: np.nd
   return plan, specs, plan[0].quantities
 
 
+def total_tokens(config: ml_collections.ConfigDict, names: list[str], natural: np.ndarray,
+                 trainable: np.ndarray, seq_len: int) -> int:
+  """What every DDO budget's runs train in all (the proxy compute of AutoScale)."""
+  return sum(int(spec.counts.sum()) * seq_len for b in budgets(config)
+             for spec in ddo_plan(config, names, natural, trainable, b, seq_len)[1])
+
+
 def ddo_bounds(config: ml_collections.ConfigDict, base: np.ndarray,
                available: np.ndarray) -> tuple[float, list[float]]:
   """Multiplier bounds: the smallest factor tested below; above, the data on disk (and, with

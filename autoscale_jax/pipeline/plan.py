@@ -70,9 +70,8 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
   if config.mode == 'compare':
     compare.check(config)
     seeds = validate.seeds(config)
-    proxy = int(config.compare.proxy_tokens) or sum(
-        int(spec.counts.sum()) * seq_len for b in ddo.budgets(config)
-        for spec in ddo.ddo_plan(config, names, np.ones(len(names)), trainable, b, seq_len)[1])
+    proxy = int(config.compare.proxy_tokens) or ddo.total_tokens(
+        config, names, np.ones(len(names)), trainable, seq_len)
     if set(compare.SWARM) & set(chosen):
       even, _ = mixture('uniform', 'config.compare')
       for i in range(int(config.compare.swarm_runs)):
