@@ -34,6 +34,20 @@ class Paired:
     return dataclasses.asdict(self)
 
 
+def mean_interval(values: ArrayLike, level: float = LEVEL) -> dict[str, Any]:
+  """The mean of values (one per seed) with its t-interval (None with one value)."""
+  v = np.asarray(values, np.float64)
+  if v.ndim != 1 or v.size == 0:
+    raise UserError(f'mean_interval needs a non-empty 1-D array; got shape {v.shape}.')
+  if not 0 < level < 1:
+    raise UserError(f'level must be in (0, 1); got {level}.')
+  if v.size == 1:
+    return {'mean': float(v[0]), 'low': None, 'high': None, 'n': 1}
+  half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+  return {'mean': float(v.mean()), 'low': float(v.mean() - half),
+          'high': float(v.mean() + half), 'n': int(v.size)}
+
+
 def paired_difference(candidate: ArrayLike, baseline: ArrayLike, level: float = LEVEL) -> Paired:
   """t-interval on candidate[s] - baseline[s] (seed s of both shares its initialization).
 
@@ -44,28 +58,11 @@ def paired_difference(candidate: ArrayLike, baseline: ArrayLike, level: float = 
   if a.shape != b.shape or a.ndim != 1 or a.size == 0:
     raise UserError(f'paired_difference needs two equal-length 1-D arrays (one value per seed); '
                     f'got shapes {a.shape} and {b.shape}.')
-  if not 0 < level < 1:
-    raise UserError(f'level must be in (0, 1); got {level}.')
-  d = a - b
-  mean = float(d.mean())
-  if d.size == 1:
-    return Paired(mean, None, None, 1, 'inconclusive')
-  half = float(stats.t.ppf((1 + level) / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-  low, high = mean - half, mean + half
-  verdict = 'better' if high < 0 else 'worse' if low > 0 else 'inconclusive'
-  return Paired(mean, low, high, int(d.size), verdict)
-
-
-def mean_interval(values: ArrayLike, level: float = LEVEL) -> dict[str, Any]:
-  """The mean of values (one per seed) with its t-interval (None with one value)."""
-  v = np.asarray(values, np.float64)
-  if v.ndim != 1 or v.size == 0:
-    raise UserError(f'mean_interval needs a non-empty 1-D array; got shape {v.shape}.')
-  if v.size == 1:
-    return {'mean': float(v[0]), 'low': None, 'high': None, 'n': 1}
-  half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-  return {'mean': float(v.mean()), 'low': float(v.mean() - half),
-          'high': float(v.mean() + half), 'n': int(v.size)}
+  d = mean_interval(a - b, level)
+  if d['low'] is None:
+    return Paired(d['mean'], None, None, 1, 'inconclusive')
+  verdict = 'better' if d['high'] < 0 else 'worse' if d['low'] > 0 else 'inconclusive'
+  return Paired(d['mean'], d['low'], d['high'], d['n'], verdict)
 
 
 def tokens_to_reach(tokens: ArrayLike, curve: ArrayLike, level: float) -> float | None:

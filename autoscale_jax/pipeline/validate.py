@@ -120,8 +120,7 @@ def run(exp: Experiment, predictions: dict,
     write_json(exp.workdir / 'validation' / f'{tokens_key(target)}.json', summary)
     for name, v in summary['verdicts'].items():
       d = v['objective']
-      interval = ('1 seed: no interval' if d['low'] is None
-                  else f"95% interval [{d['low']:+.4g}, {d['high']:+.4g}]")
+      interval = ('' if d['low'] is None else '95% interval ') + verdicts.interval_text(d)
       logging.info('[validate @ %s] predicted minus %s: %+.4g (%+.2f%%), %s: %s', f'{target:,}',
                    name, d['mean'], 100 * v['relative'], interval, d['verdict'])
     summaries.append(summary)

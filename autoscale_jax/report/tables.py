@@ -7,6 +7,7 @@ import numpy as np
 
 from autoscale_jax.mixing import PowerLaw, confidence
 from autoscale_jax.report.results import Results
+from autoscale_jax.report.verdicts import interval_text
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
@@ -122,15 +123,10 @@ def prediction(results: Results) -> list[str]:
   return out + ['']
 
 
-def _interval(d: dict) -> str:
-  return ('1 seed: no interval' if d['low'] is None
-          else f"[{d['low']:+.4g}, {d['high']:+.4g}]")
-
-
 def _domain_cell(d: dict) -> str:
   if d['low'] is None:
     return f"{d['mean']:+.4f} (1 seed)"
-  return f"{d['mean']:+.4f} {_interval(d)} {d['verdict']}"
+  return f"{d['mean']:+.4f} {interval_text(d)} {d['verdict']}"
 
 
 def _share(v: float | None) -> str:
@@ -167,7 +163,7 @@ def verdicts(results: Results) -> list[str]:
     out += [f"### {tokens(v['target'])} tokens ({v['target']:,}), {n} seed"
             f"{'s' if n > 1 else ''} per mixture", '']
     rows = [[name, pred['objective'], v['runs'][name]['objective'], c['objective']['mean'],
-             f"{100 * c['relative']:+.2f}%", _interval(c['objective']),
+             f"{100 * c['relative']:+.2f}%", interval_text(c['objective']),
              f"**{c['objective']['verdict']}**", _saved(c['tokens_saved'])]
             for name, c in v['verdicts'].items()]
     out += table(['baseline', 'predicted', 'baseline', 'difference', 'relative', '95% interval',
@@ -202,13 +198,13 @@ def comparison(results: Results) -> list[str]:
     out += [f"### {tokens(target)} tokens ({target:,}), {n} seed{'s' if n > 1 else ''}", '']
     rows = []
     for m, r in c['runs'].items():
-      mean = confidence.mean_interval([s['objective'] for s in r['seeds']])
+      mean = confidence.meaninterval_text([s['objective'] for s in r['seeds']])
       spent = c['proxy_tokens'].get(m, 0)
       v = c['verdicts'].get(m)
       span = ('1 seed' if mean['low'] is None
               else f"[{mean['low']:.4g}, {mean['high']:.4g}]")
       versus = ['-', '-', '-'] if v is None else [
-          f"{v['objective']['mean']:+.4g} {_interval(v['objective'])}",
+          f"{v['objective']['mean']:+.4g} {interval_text(v['objective'])}",
           f"**{v['objective']['verdict']}**", _saved(v['tokens_saved'])]
       rows.append([m + (f" (= {c['same_as'][m]})" if m in c['same_as'] else ''),
                    f'{spent:,} ({spent / target:.2f}x)', f"{mean['mean']:.4g} {span}", *versus])

@@ -17,6 +17,12 @@ from autoscale_jax.mixing import confidence
 PREDICTED = 'predicted'  # the mixture under test; every other entry of 'runs' is a baseline
 
 
+def interval_text(d: dict) -> str:
+  """A difference's interval as the report and the log show it."""
+  return ('1 seed: no interval' if d['low'] is None
+          else f"[{d['low']:+.4g}, {d['high']:+.4g}]")
+
+
 def seed_entry(result: dict, seed: int | None) -> dict:
   """What the validation file keeps of one run's result.json."""
   return {'seed': seed, 'fingerprint': result['fingerprint'], 'objective': result['objective'],
