@@ -198,7 +198,7 @@ def comparison(results: Results) -> list[str]:
     out += [f"### {tokens(target)} tokens ({target:,}), {n} seed{'s' if n > 1 else ''}", '']
     rows = []
     for m, r in c['runs'].items():
-      mean = confidence.meaninterval_text([s['objective'] for s in r['seeds']])
+      mean = confidence.mean_interval([s['objective'] for s in r['seeds']])
       spent = c['proxy_tokens'].get(m, 0)
       v = c['verdicts'].get(m)
       span = ('1 seed' if mean['low'] is None
