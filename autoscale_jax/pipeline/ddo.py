@@ -32,6 +32,7 @@ from autoscale_jax.pipeline.registry import (
   read_json,
   tokens_key,
 )
+from autoscale_jax.report.verdicts import run_label
 
 
 def budgets(config: ml_collections.ConfigDict) -> list[int]:
@@ -87,9 +88,8 @@ def ddo_plan(config: ml_collections.ConfigDict, names: list[str], natural: np.nd
   for p in nominal:
     counts = np.maximum(np.round(p.quantities / seq_len), 1).astype(np.int64)
     plan.append(Perturbation(p.domain, p.factor, p.replicate, counts * float(seq_len)))
-    label = 'base' if p.domain is None else f'{names[p.domain]} x{p.factor:g}'
-    if config.ddo.replicates > 1:
-      label += f' seed{p.replicate}'
+    label = run_label('base' if p.domain is None else f'{names[p.domain]} x{p.factor:g}',
+                      p.replicate, int(config.ddo.replicates))
     full = np.zeros(len(all_names), np.int64)
     full[trainable] = counts
     specs.append(RunSpec(label, full, int(config.seed) + p.replicate))

@@ -9,6 +9,7 @@ from autoscale_jax.data.mixture import counts_from_weights, num_steps, resolve_w
 from autoscale_jax.lead import say
 from autoscale_jax.pipeline import compare, ddo, predict, validate
 from autoscale_jax.pipeline.registry import devices_line, trainable_mask
+from autoscale_jax.report.verdicts import run_label
 
 
 def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say) -> None:
@@ -65,8 +66,8 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
                           else mixture(weights, f'config.validate.baselines.{name}'))
       for name, (w, note) in mixtures.items():
         for s in range(len(seeds)):
-          label = name if len(seeds) == 1 else f'{name} seed{s}'
-          add(f'validate {t:,}', label + note, counts_from_weights(w, t, seq_len))
+          add(f'validate {t:,}', run_label(name, s, len(seeds)) + note,
+              counts_from_weights(w, t, seq_len))
   if config.mode == 'compare':
     compare.check(config)
     seeds = validate.seeds(config)
@@ -82,11 +83,11 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
       for name in chosen:
         learned = name in compare.LEARNED
         for s in range(len(seeds)):
-          label = name if len(seeds) == 1 else f'{name} seed{s}'
           note = (' (weights after the proxies)' if learned else
                   ' (from the data: shares known after prepare)'
                   if name in ('natural', 'temperature', 'unimax') else '')
-          add(f'compare {t:,}', label + note, counts_from_weights(even, t, seq_len))
+          add(f'compare {t:,}', run_label(name, s, len(seeds)) + note,
+              counts_from_weights(even, t, seq_len))
     out(f'compare: every learned method may spend {proxy:,} proxy tokens; identical mixtures '
         'train once.')
   if config.mode in ('predict', 'autoscale'):

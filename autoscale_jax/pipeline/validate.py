@@ -43,7 +43,7 @@ def seeds(config: ml_collections.ConfigDict) -> list[int]:
 def _specs(exp: Experiment, mixtures: dict[str, np.ndarray], target: int) -> list[RunSpec]:
   """Runs of every mixture and seed, mixture by mixture (seed s of each shares its init)."""
   chosen = seeds(exp.config)
-  return [RunSpec(name if len(chosen) == 1 else f'{name} seed{s}',
+  return [RunSpec(verdicts.run_label(name, s, len(chosen)),
                   exp.full(counts_from_weights(w, target, exp.seq_len)), seed,
                   int(exp.config.validate.eval_every))
           for name, w in mixtures.items() for s, seed in enumerate(chosen)]

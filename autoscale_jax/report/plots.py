@@ -10,6 +10,7 @@ from etils import epath
 
 from autoscale_jax.io import write_bytes_atomic
 from autoscale_jax.mixing import AutoScaleModel, PowerLaw
+from autoscale_jax.report import verdicts
 from autoscale_jax.report.results import Results
 from autoscale_jax.report.tables import tokens
 
@@ -151,7 +152,7 @@ def curves(results: Results) -> list[str]:
              [(r['name'], r['fingerprint']) for r in b['plan']['runs']])
             for b in results.budgets]
   panels += [(f"Validation {tokens(v['target'])} tokens",
-              [(name if len(r['seeds']) == 1 else f'{name} seed{k}', s['fingerprint'])
+              [(verdicts.run_label(name, k, len(r['seeds'])), s['fingerprint'])
                for name, r in v['runs'].items() for k, s in enumerate(r['seeds'])])
              for v in results.validations]
   drawn = [(title, [(name, c) for name, fp in runs if (c := results.curve(fp)) is not None])

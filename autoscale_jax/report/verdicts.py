@@ -17,6 +17,11 @@ from autoscale_jax.mixing import confidence
 PREDICTED = 'predicted'  # the mixture under test; every other entry of 'runs' is a baseline
 
 
+def run_label(name: str, seed_index: int, seeds: int) -> str:
+  """A run's label in logs, plans and plots: its name, and its seed when there are several."""
+  return name if seeds == 1 else f'{name} seed{seed_index}'
+
+
 def interval_text(d: dict) -> str:
   """A difference's interval as the report and the log show it."""
   return ('1 seed: no interval' if d['low'] is None
