@@ -18,11 +18,8 @@ resumes it; its summary bench/results/compare/compare.json is written when it co
 
 import argparse
 import json
-import os
 import pathlib
-import signal
 import sys
-import threading
 import time
 
 from absl import logging
@@ -109,9 +106,7 @@ def main() -> None:
                       help="'synthetic': a seconds-long smoke run (writes no summary)")
   args = parser.parse_args()
   logging.set_verbosity(logging.INFO)
-  timer = threading.Timer(args.max_minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
-  timer.daemon = True
-  timer.start()
+  scale_study.pause_after(args.max_minutes)
   stage = args.stage
   if stage == 'next':
     stage = 'report' if SUMMARY.exists() else 'compare'
@@ -120,11 +115,7 @@ def main() -> None:
     if args.world:
       print(json.dumps(summary['methods'], indent=1)[:3000])
       return
-    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-    tmp = SUMMARY.with_suffix('.tmp')
-    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True) + '\n')
-    tmp.replace(SUMMARY)
-    print(f'wrote {SUMMARY.relative_to(_common.ROOT)}')
+    scale_study.write_json(SUMMARY, summary)
     return
   _common.write_section('## Mixture methods at equal proxy compute (issue 15)',
                         report_section(json.loads(SUMMARY.read_text())))

@@ -82,13 +82,25 @@ def read_summary(stage: str) -> dict:
   return json.loads(path.read_text())
 
 
-def write_summary(stage: str, summary: dict) -> None:
-  SUMMARIES.mkdir(parents=True, exist_ok=True)
-  path = summary_path(stage)
+def write_json(path: pathlib.Path, summary: dict) -> None:
+  """A committed summary, written atomically (write, then rename)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix('.tmp')
   tmp.write_text(json.dumps(summary, indent=1, sort_keys=True) + '\n')
   tmp.replace(path)
   print(f'wrote {path.relative_to(_common.ROOT)}')
+
+
+def write_summary(stage: str, summary: dict) -> None:
+  write_json(summary_path(stage), summary)
+
+
+def pause_after(minutes: float) -> None:
+  """SIGTERM to this process after `minutes`: the training loop checkpoints and exits, as when
+  preempted, and rerunning the same command resumes; only a finished stage writes its summary."""
+  timer = threading.Timer(minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
+  timer.daemon = True
+  timer.start()
 
 
 def _header(stage: str, start: float) -> dict:
@@ -370,12 +382,7 @@ def main() -> None:
                       help='pause (SIGTERM: checkpoint and exit) after this long; rerun resumes')
   args = parser.parse_args()
   logging.set_verbosity(logging.INFO)  # the pipeline's progress lines (no absl app here)
-  # A stage longer than the limit pauses like a preempted job: the training loop checkpoints at
-  # SIGTERM and exits; rerunning the same stage resumes it, and only a finished stage writes its
-  # summary.
-  timer = threading.Timer(args.max_minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
-  timer.daemon = True
-  timer.start()
+  pause_after(args.max_minutes)
   stage = args.stage
   if stage == 'next':
     stage = next((s for s in STAGES[:-1] if not summary_path(s).exists()), 'report')
