@@ -140,13 +140,14 @@ def test_bert_loss_scores_masked_positions_only(bert_params):
   np.testing.assert_allclose(count, weights.sum(-1) * example_mask)
   assert count[2] == 0 and loss_sum[2] == 0
   logits = jax.jit(module.apply)({'params': params}, inputs)
-  expected, _ = layers.weighted_cross_entropy(logits, targets, weights, example_mask)
+  expected, _ = layers.summed(layers.token_cross_entropy(logits, targets, weights, example_mask))
   np.testing.assert_allclose(loss_sum, expected, rtol=1e-5)
   # Arbitrary logits and targets at unchosen positions leave the loss unchanged.
   unchosen = (weights == 0)[..., None]
   noisy = jnp.where(unchosen, 10 * jax.random.normal(jax.random.key(6), logits.shape), logits)
   other_targets = jnp.where(weights == 0, (targets + 1) % VOCAB, targets)
-  perturbed, _ = layers.weighted_cross_entropy(noisy, other_targets, weights, example_mask)
+  perturbed, _ = layers.summed(layers.token_cross_entropy(noisy, other_targets, weights,
+                                                            example_mask))
   np.testing.assert_allclose(perturbed, expected, rtol=1e-6)
   # Evaluation with a fixed key is deterministic.
   again, _ = loss(params, {'tokens': tokens, 'mask': example_mask}, rng)

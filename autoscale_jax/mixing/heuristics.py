@@ -40,10 +40,16 @@ def doremi_update(weights: ArrayLike, excess_losses: ArrayLike, step_size: float
     raise UserError(f'excess_losses needs one value per domain ({w.size}); got {excess.size}.')
   eta = check_number(step_size, 'step_size', least=0, error=UserError)
   s = check_number(smoothing, 'smoothing', least=0, most=1, error=UserError)
-  with np.errstate(divide='ignore'):
-    log_w = np.log(w) + eta * np.maximum(excess, 0)  # log 0 = -inf: a zero weight stays 0
-  scaled = np.exp(log_w - log_w.max())
-  return (1 - s) * scaled / scaled.sum() + s / w.size
+  with np.errstate(divide='ignore'):  # log 0 = -inf: a zero weight stays 0
+    return doremi_step(w, excess, eta, s, np)
+
+
+def doremi_step(weights, excess_losses, step_size, smoothing, xp=np):
+  """doremi_update without its checks, in the array namespace `xp`: numpy here, jax.numpy in the
+  trainer's jitted DoReMi step, so both use this one formula."""
+  log_w = xp.log(weights) + step_size * xp.maximum(excess_losses, 0)
+  scaled = xp.exp(log_w - log_w.max())
+  return (1 - smoothing) * scaled / scaled.sum() + smoothing / weights.shape[-1]
 
 
 def temperature_weights(token_counts: ArrayLike, tau: float) -> np.ndarray:

@@ -23,6 +23,8 @@ class ModelSpec:
   module: nn.Module
   # (params, batch, rng, *, train) -> (loss_sum[B], count[B])
   per_example_loss: Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
+  # (params, batch, rng, *, train) -> (loss[B, T], weight[B, T]): what per_example_loss sums
+  per_token_loss: Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
   flops_per_token: float  # training FLOPs per target token at this run's seq_len
   seq_len: int  # tokens the model reads per sequence
   row_len: int  # tokens per stored row (see row_len())
@@ -79,5 +81,6 @@ def build_model(cfg: ml_collections.ConfigDict, *, vocab_size: int, seq_len: int
   return ModelSpec(
       family=cfg.family, config=model_config, module=module,
       per_example_loss=functools.partial(lib.per_example_loss, module),
+      per_token_loss=functools.partial(lib.per_token_loss, module),
       flops_per_token=float(lib.flops_per_token(model_config, seq_len)), seq_len=seq_len,
       row_len=row_len(cfg.family, seq_len))

@@ -149,9 +149,9 @@ def mask_tokens(rng: Array, tokens: Array, *, vocab_size: int, mask_id: int,
   return inputs, tokens, chosen.astype(jnp.float32)
 
 
-def per_example_loss(module: BERT, params: Any, batch: dict[str, Array], rng: Array, *,
-                     train: bool) -> tuple[Array, Array]:
-  """MLM cross-entropy summed over the masked positions of each example, and their count.
+def per_token_loss(module: BERT, params: Any, batch: dict[str, Array], rng: Array, *,
+                   train: bool) -> tuple[Array, Array]:
+  """MLM cross-entropy at every position [B, T], weighted 1 at the masked positions only.
 
   `params` is the 'params' collection; batch['tokens'] is int32[B, T]; optional batch['mask']
   float32[B] zeroes padding examples. `rng` is split into a masking key (used in eval too, so a
@@ -167,7 +167,13 @@ def per_example_loss(module: BERT, params: Any, batch: dict[str, Array], rng: Ar
       special_ids=cfg.special_ids)
   logits = module.apply({'params': params}, inputs, deterministic=not train,
                         rngs={'dropout': dropout_rng} if train else None)
-  return layers.weighted_cross_entropy(logits, targets, weights, batch.get('mask'))
+  return layers.token_cross_entropy(logits, targets, weights, batch.get('mask'))
+
+
+def per_example_loss(module: BERT, params: Any, batch: dict[str, Array], rng: Array, *,
+                     train: bool) -> tuple[Array, Array]:
+  """per_token_loss summed per example: (loss_sum [B], masked positions [B])."""
+  return layers.summed(per_token_loss(module, params, batch, rng, train=train))
 
 
 def flops_per_token(config: BertConfig, seq_len: int) -> float:

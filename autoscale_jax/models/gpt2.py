@@ -97,9 +97,9 @@ class GPT2(nn.Module):
     return wte.attend(x).astype(jnp.float32)
 
 
-def per_example_loss(module: GPT2, params: Any, batch: dict[str, Array], rng: Array, *,
-                     train: bool) -> tuple[Array, Array]:
-  """Next-token cross-entropy summed per example, and the number of target tokens per example.
+def per_token_loss(module: GPT2, params: Any, batch: dict[str, Array], rng: Array, *,
+                   train: bool) -> tuple[Array, Array]:
+  """Next-token cross-entropy at every position [B, T], and each position's weight [B, T].
 
   `params` is the 'params' collection; batch['tokens'] is int32[B, T+1] (inputs are the first T,
   targets the last T); optional batch['mask'] float32[B] zeroes padding examples. `rng` drives
@@ -110,7 +110,13 @@ def per_example_loss(module: GPT2, params: Any, batch: dict[str, Array], rng: Ar
   logits = module.apply({'params': params}, inputs, deterministic=not train,
                         rngs={'dropout': rng} if train else None)
   weights = jnp.ones(targets.shape, jnp.float32)
-  return layers.weighted_cross_entropy(logits, targets, weights, batch.get('mask'))
+  return layers.token_cross_entropy(logits, targets, weights, batch.get('mask'))
+
+
+def per_example_loss(module: GPT2, params: Any, batch: dict[str, Array], rng: Array, *,
+                     train: bool) -> tuple[Array, Array]:
+  """per_token_loss summed per example: (loss_sum [B], target tokens [B])."""
+  return layers.summed(per_token_loss(module, params, batch, rng, train=train))
 
 
 def flops_per_token(config: GPT2Config, seq_len: int) -> float:

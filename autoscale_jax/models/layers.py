@@ -250,15 +250,20 @@ def apply_blocks(block_cls: type[nn.Module], config: TransformerConfig, x: Array
   return x
 
 
-def weighted_cross_entropy(logits: Array, targets: Array, weights: Array,
-                           example_mask: Array | None) -> tuple[Array, Array]:
-  """Per-example sum of token cross-entropies over weighted positions, and the weight sum.
+def token_cross_entropy(logits: Array, targets: Array, weights: Array,
+                        example_mask: Array | None) -> tuple[Array, Array]:
+  """Token cross-entropies [B, T] and their weights [B, T] (0 where not scored).
 
   `example_mask` (float [B], 0 for padding examples) zeroes whole examples.
   """
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  loss_sum = (losses * weights).sum(axis=-1)
-  count = weights.sum(axis=-1)
   if example_mask is not None:
-    loss_sum, count = loss_sum * example_mask, count * example_mask
-  return loss_sum, count
+    weights = weights * example_mask[:, None]
+  return losses, weights
+
+
+def summed(token_losses: tuple[Array, Array]) -> tuple[Array, Array]:
+  """(losses, weights) per token -> per example the weighted loss sum and the weight sum."""
+  losses, weights = token_losses
+  return (losses * weights).sum(axis=-1), weights.sum(axis=-1)
+

@@ -63,8 +63,11 @@ def _plain(value):
 
 
 def run_description(config: ml_collections.ConfigDict, counts: np.ndarray, seed: int,
-                    tokenizer_hash: str) -> dict:
-  """Everything that shapes a run's result, as JSON data (what the fingerprint hashes)."""
+                    tokenizer_hash: str, kind: dict | None = None) -> dict:
+  """Everything that shapes a run's result, as JSON data (what the fingerprint hashes).
+
+  `kind`: the settings of a run kind other than plain training (e.g. DoReMi's, train/doremi.py).
+  """
   shaping_sections = {
       'model': {k: _plain(config.model[k]) for k in MODEL_FIELDS},
       'optimizer': {k: config.train[k] for k in OPTIMIZER_FIELDS},
@@ -87,13 +90,15 @@ def run_description(config: ml_collections.ConfigDict, counts: np.ndarray, seed:
   }
   if config.get('world'):  # a synthetic world's results never pass for trained ones
     shaping['world'] = config.world
+  if kind:
+    shaping['kind'] = kind
   return json.loads(json.dumps(shaping, sort_keys=True, default=str))
 
 
 def run_fingerprint(config: ml_collections.ConfigDict, counts: np.ndarray, seed: int,
-                    tokenizer_hash: str) -> str:
+                    tokenizer_hash: str, kind: dict | None = None) -> str:
   """Hash of run_description: runs with the same fingerprint train to the same result."""
-  blob = json.dumps(run_description(config, counts, seed, tokenizer_hash),
+  blob = json.dumps(run_description(config, counts, seed, tokenizer_hash, kind),
                     sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -195,8 +200,9 @@ class _Stack:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _checkpointer(config: ml_collections.ConfigDict, directory: epath.Path, fingerprint: str,
-                  description: dict) -> Checkpointer:
+def checkpointer(config: ml_collections.ConfigDict, directory: epath.Path, fingerprint: str,
+                 description: dict | None) -> Checkpointer:
+  """The checkpointer of a run (or stack) directory, with train.* cadence and retention."""
   tcfg = config.train
   return Checkpointer(directory, fingerprint=fingerprint, every=tcfg.checkpoint_every,
                       keep=tcfg.keep_checkpoints, use_async=tcfg.async_checkpoint,
@@ -223,13 +229,14 @@ def _member(run: Run, config: ml_collections.ConfigDict, start: int,
                      evals=evals)
 
 
-def _finished(config: ml_collections.ConfigDict, run: Run, tokenizer) -> dict | None:
+def finished(config: ml_collections.ConfigDict, run: Run, tokenizer,
+              kind: dict | None = None) -> dict | None:
   """A finished run's result, or None; a result.json of another config is refused."""
   path = run.run_dir / 'result.json'
   if not path.exists():
     return None
   result = json.loads(path.read_text())
-  fingerprint = run_fingerprint(config, run.counts, run.seed, tokenizer.hash)
+  fingerprint = run_fingerprint(config, run.counts, run.seed, tokenizer.hash, kind)
   if result.get('fingerprint', fingerprint) != fingerprint:
     raise ConfigError(f'[{run.name}] {run.run_dir} holds a finished run of another config '
                       f'(fingerprint {result["fingerprint"]}, not {fingerprint}); point this run '
@@ -248,22 +255,28 @@ def _peak(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> float:
 
 # ------------------------------------------------------------------------------ drivers
 def run(config: ml_collections.ConfigDict, spec: Run, *, stores: dict, tokenizer,
-        trainers: Trainers | None = None) -> dict:
-  """Trains one model on exactly spec.counts[i] sequences of domain i; returns its result."""
-  done = _finished(config, spec, tokenizer)
+        trainers: Trainers | None = None, kind=None) -> dict:
+  """Trains one model on exactly spec.counts[i] sequences of domain i; returns its result.
+
+  `kind`: a trainer of another run kind (e.g. doremi.DoReMiTrainer) with the Trainer's
+  interface plus `settings` (hashed into the fingerprint) and `result(state)` (its entry in
+  result.json, under settings['kind']).
+  """
+  settings = kind.settings if kind is not None else None
+  done = finished(config, spec, tokenizer, settings)
   if done is not None:
     return done
   names = list(stores)
   counts = np.asarray(spec.counts, np.int64)
   total_steps = checked_num_steps(spec.name, counts, int(config.train.batch_size))
-  trainer = (trainers or Trainers(config, tokenizer, len(names))).single
+  trainer = kind or (trainers or Trainers(config, tokenizer, len(names))).single
   mesh = trainer.mesh
-  fingerprint = run_fingerprint(config, counts, spec.seed, tokenizer.hash)
-  description = run_description(config, counts, spec.seed, tokenizer.hash)
+  fingerprint = run_fingerprint(config, counts, spec.seed, tokenizer.hash, settings)
+  description = run_description(config, counts, spec.seed, tokenizer.hash, settings)
   spec.run_dir.mkdir(parents=True, exist_ok=True)
 
   # Restore or initialise (a checkpoint of another run is refused before anything is written).
-  ckpt = _checkpointer(config, spec.run_dir / 'checkpoints', fingerprint, description)
+  ckpt = checkpointer(config, spec.run_dir / 'checkpoints', fingerprint, description)
   restored = ckpt.restore(trainer.abstract_state)
   _write_run_config(spec, config, names=names, fingerprint=fingerprint, total_steps=total_steps)
   if restored is None:
@@ -291,6 +304,8 @@ def run(config: ml_collections.ConfigDict, spec: Run, *, stores: dict, tokenizer
   result = loop.result_record(config, name=spec.name, fingerprint=fingerprint, names=names,
                               counts=counts, seen=seen, rows=_rows(stores), steps=step,
                               evals=member.evals, wall_s=time.time() - t0)
+  if kind is not None:
+    result[settings['kind']] = kind.result(state)
   lead.write_json(spec.run_dir / 'result.json', result)
   return result
 
@@ -331,7 +346,7 @@ def _split(config, specs: Sequence[Run], tokenizer) -> tuple[dict[int, dict], li
     raise ValueError('run directories must be distinct: two runs cannot share a directory.')
   results, pending = {}, []
   for i, spec in enumerate(specs):
-    done = _finished(config, spec, tokenizer)
+    done = finished(config, spec, tokenizer)
     if done is None:
       pending.append(i)
     else:
@@ -364,7 +379,7 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
                                   max_epochs=config.data.max_epochs)
 
   # Restore or initialise the stacked state (refused before anything is written if foreign).
-  ckpt = _checkpointer(config, stack_dir / 'checkpoints', fingerprint,
+  ckpt = checkpointer(config, stack_dir / 'checkpoints', fingerprint,
                        {s.name: d for s, d in zip(specs, descriptions)})
   restored = ckpt.restore(stacked.abstract_state)
   lead.write_json(stack_dir / 'stack.json', {
@@ -395,7 +410,7 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
   wall = time.time() - t0
   seen = np.asarray(jax.device_get(state.domain_sequences), np.int64)
   # Each run's directory also gets its own final checkpoint, as `run` leaves it.
-  own = [_checkpointer(config, s.run_dir / 'checkpoints', f, d)
+  own = [checkpointer(config, s.run_dir / 'checkpoints', f, d)
          for s, f, d in zip(specs, fingerprints, descriptions)]
   for r, c in enumerate(own):
     c.maybe_save(int(totals[r]), stacked.member(state, r), final=True)

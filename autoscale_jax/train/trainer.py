@@ -37,12 +37,20 @@ class TrainState:
 
 
 # ------------------------------------------------------------------------------ pure functions
+def split_micro_batches(batch: Batch, grad_accum: int) -> Batch:
+  """[B, ...] -> [grad_accum, B / grad_accum, ...]: micro-batch k holds rows k, k + grad_accum,
+  ... so that every device keeps its own rows; its key is fold_in(step key, k)."""
+  def split(x):
+    x = x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def loss_and_grads(params, batch: Batch, rng: jax.Array, *, per_example_loss, grad_accum: int):
   """Summed loss, token count and summed gradients over `grad_accum` micro-batches.
 
   Sums (not means) are accumulated and divided once by the total token count, so accumulation
   is the same mathematical step as one big batch, also when examples carry different counts.
-  Micro-batch k takes rows k, k + grad_accum, ... so that every device keeps its own rows.
   """
   def micro(params, mb, key):
     def f(p):
@@ -53,12 +61,7 @@ def loss_and_grads(params, batch: Batch, rng: jax.Array, *, per_example_loss, gr
 
   if grad_accum == 1:
     return micro(params, batch, rng)
-
-  def split(x):
-    x = x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:])
-    return jnp.swapaxes(x, 0, 1)
-
-  micro_batches = jax.tree.map(split, batch)
+  micro_batches = split_micro_batches(batch, grad_accum)
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
   def body(carry, xs):
