@@ -164,9 +164,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- compare: the mixture methods side by side at equal proxy compute (mode=compare) --------
   c.compare = ml_collections.ConfigDict()
   # Methods (each validate.baselines entry joins them; uniform always does, as the reference):
-  # autoscale | reuse | regmix | mixing_law | temperature | unimax | uniform | natural.
-  c.compare.methods = ('autoscale', 'reuse', 'regmix', 'mixing_law', 'temperature', 'unimax',
-                       'uniform', 'natural')
+  # autoscale | reuse | regmix | mixing_law | doremi | temperature | unimax | uniform | natural.
+  c.compare.methods = ('autoscale', 'reuse', 'regmix', 'mixing_law', 'doremi', 'temperature',
+                       'unimax', 'uniform', 'natural')
   # Proxy training tokens each learned method may spend; 0 = what the DDO budgets cost.
   c.compare.proxy_tokens = 0
   c.compare.swarm_runs = 16  # random-mixture runs RegMix and the mixing law share (tokens split)
@@ -175,6 +175,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare.regmix_regressor = 'linear'  # linear | lightgbm (pip install -e ".[regmix]")
   c.compare.regmix_samples = 100_000  # RegMix: Dirichlet candidates scored
   c.compare.regmix_top_k = 100  # RegMix: best-scored candidates averaged
+  # DoReMi: a reference run on doremi_reference, then a proxy run of as many tokens on uniform
+  # batches (its reference forwards count a third of a token each: the budget P buys 3P/7
+  # tokens per run). The paper's step size 1 and smoothing 1e-3; its reference mixture is the
+  # Pile's own (natural here), GLaM's uniform.
+  c.compare.doremi_reference = 'uniform'  # uniform | natural | a dict of weights per domain
+  c.compare.doremi_step_size = 1.0  # eta of the exponentiated-gradient step on the weights
+  c.compare.doremi_smoothing = 1e-3  # s: weights <- (1 - s) weights + s / m every step
   c.compare.temperature = 3.0  # temperature sampling tau: weights ~ tokens^(1/tau)
   c.compare.unimax_epochs = 1.0  # UniMax: most epochs of any domain at the target
 

@@ -20,15 +20,30 @@ def test_compare_mode_runs_every_method_and_reports_them(tmp_path):
   pipeline.dispatch(c, str(tmp_path))
 
   summary = json.loads((tmp_path / 'compare' / '32768.json').read_text())
-  methods = ['autoscale', 'reuse', 'regmix', 'mixing_law', 'temperature', 'unimax', 'uniform',
-             'natural']
+  methods = ['autoscale', 'reuse', 'regmix', 'mixing_law', 'doremi', 'temperature', 'unimax',
+             'uniform', 'natural']
   assert set(summary['runs']) == set(methods)
   plan = [json.loads((tmp_path / 'budgets' / b / 'plan.json').read_text()) for b in ('8192',
                                                                                     '16384')]
   ddo_tokens = sum(sum(r['counts']) * c.data.seq_len for p in plan for r in p['runs'])
+  # DoReMi: a reference and a proxy run of 3/7 of the budget each, plus a third of a token per
+  # proxy token for the reference's forwards: the budget, up to the rounding to sequences.
+  doremi = json.loads((tmp_path / 'doremi' / 'plan.json').read_text())
+  runs = {k: json.loads((tmp_path / 'runs' / v / 'result.json').read_text())
+          for k, v in doremi['runs'].items()}
+  ref_tokens, proxy_tokens = (sum(runs[k]['trained_tokens']) for k in ('reference', 'proxy'))
+  assert ref_tokens == proxy_tokens == 3 * ddo_tokens // 7 // c.data.seq_len * c.data.seq_len
+  assert doremi['proxy_tokens'] == round(ref_tokens + proxy_tokens * 4 / 3)
+  assert abs(doremi['proxy_tokens'] - ddo_tokens) <= 3 * c.data.seq_len
   assert summary['proxy_tokens'] == {m: ddo_tokens if m in ('autoscale', 'reuse', 'regmix',
-                                                             'mixing_law') else 0
+                                                             'mixing_law')
+                                     else doremi['proxy_tokens'] if m == 'doremi' else 0
                                      for m in methods}
+  # Its answer is the proxy's mean weights (the world's DoReMi), which moved off uniform.
+  answer = np.asarray(runs['proxy']['doremi']['weights_mean'])
+  np.testing.assert_allclose(summary['runs']['doremi']['weights'], answer / answer.sum())
+  assert runs['proxy']['doremi']['reference'] == doremi['runs']['reference']
+  assert np.abs(answer - 0.25).max() > 0.01
   swarm = json.loads((tmp_path / 'swarm' / 'plan.json').read_text())
   assert len(swarm['runs']) == 8 and swarm['proxy_tokens'] == ddo_tokens
   # The data are ample at the target: UniMax is uniform, so it is the same run, trained once.

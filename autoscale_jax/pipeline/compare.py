@@ -4,8 +4,9 @@ at the targets with the same seeds, trainer, sampler and validation sets.
 Every learned method may spend compare.proxy_tokens training tokens on proxy runs (default: what
 AutoScale's DDO budgets cost). AutoScale and reuse spend them on the DDO stages; RegMix and the
 Data Mixing Law share one swarm of short runs at random mixtures (swarm/plan.json, the runs in
-runs/), which costs the same; the heuristics and fixed mixtures spend nothing. Identical
-mixtures are the same runs and train once.
+runs/), which costs the same; DoReMi a reference run and a proxy run of 3/7 of them each, its
+reference forwards counted a third of a token each (doremi/plan.json); the heuristics and fixed
+mixtures spend nothing. Identical mixtures are the same runs and train once.
 
 Writes compare/methods.json (every method's weights at every target, its proxy tokens) and
 compare/<tokens>.json per target (every method's seeds, verdicts against uniform).
@@ -30,9 +31,10 @@ from autoscale_jax.pipeline import ddo, predict, validate
 from autoscale_jax.pipeline.registry import Experiment, RunSpec, format_weights, tokens_key
 from autoscale_jax.report import verdicts
 
-METHODS = ('autoscale', 'reuse', 'regmix', 'mixing_law', 'temperature', 'unimax', 'uniform',
-           'natural')
-LEARNED = ('autoscale', 'reuse', 'regmix', 'mixing_law')  # spend proxy compute
+METHODS = ('autoscale', 'reuse', 'regmix', 'mixing_law', 'doremi', 'temperature', 'unimax',
+           'uniform', 'natural')
+LEARNED = ('autoscale', 'reuse', 'regmix', 'mixing_law', 'doremi')  # spend proxy compute
+FORWARD = 1 / 3  # a forward pass's share of a training step's FLOPs (DoReMi's reference)
 SWARM = ('regmix', 'mixing_law')  # share the swarm
 REFERENCE = 'uniform'  # every method's verdict is against it
 
@@ -41,9 +43,6 @@ def methods(config: ml_collections.ConfigDict) -> list[str]:
   """compare.methods, checked, then every validate.baselines name not among them."""
   chosen = list(config.compare.methods)
   unknown = [m for m in chosen if m not in METHODS]
-  if 'doremi' in unknown:
-    raise ConfigError("config.compare.methods names 'doremi', which this version does not run "
-                      '(its proxy run kind is not built yet); remove it.')
   if unknown:
     raise ConfigError(f"config.compare.methods names unknown method(s) {unknown}; use any of "
                       f"{', '.join(METHODS)}.")
@@ -62,6 +61,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   check_number(c.regmix_top_k, 'config.compare.regmix_top_k', least=1, whole=True)
   check_number(c.temperature, 'config.compare.temperature', more_than=0)
   check_number(c.unimax_epochs, 'config.compare.unimax_epochs', more_than=0)
+  check_number(c.doremi_step_size, 'config.compare.doremi_step_size', least=0)
+  check_number(c.doremi_smoothing, 'config.compare.doremi_smoothing', least=0, most=1)
+  mix_names = [d.name for d in config.data.domains if not d.get('eval_only', False)]
+  resolve_weights(c.doremi_reference, mix_names, np.ones(len(mix_names)),
+                  'config.compare.doremi_reference')
   if c.swarm_prior not in ('uniform', 'natural'):
     raise ConfigError(f"config.compare.swarm_prior is '{c.swarm_prior}'; use 'uniform' or "
                       "'natural'.")
@@ -83,6 +87,41 @@ def swarm_plan(exp: Experiment, proxy_tokens: int) -> tuple[np.ndarray, list[Run
   specs = [RunSpec(f'swarm {i}', exp.full(counts_from_weights(w, tokens, exp.seq_len)),
                    int(exp.config.seed)) for i, w in enumerate(mixtures)]
   return mixtures, specs
+
+
+def doremi_plan(exp: Experiment, proxy_tokens: int) -> tuple[RunSpec, RunSpec, int, np.ndarray]:
+  """DoReMi's reference run (compare.doremi_reference) and proxy run (uniform), 3/7 of
+  `proxy_tokens` each (reference + proxy + a third of the proxy's tokens for the reference's
+  forwards = the budget), what they spend by that count, and the reference weights."""
+  c = exp.config.compare
+  m = len(exp.mix_names)
+  natural = exp.natural[exp.trainable]
+  reference = resolve_weights(c.doremi_reference, exp.mix_names, natural,
+                              'config.compare.doremi_reference')
+  tokens = 3 * proxy_tokens // 7
+  ref = RunSpec('doremi reference', exp.full(counts_from_weights(reference, tokens, exp.seq_len)),
+                int(exp.config.seed))
+  proxy = exp.doremi_spec('doremi proxy',
+                          exp.full(counts_from_weights(np.full(m, 1 / m), tokens, exp.seq_len)),
+                          ref, step_size=float(c.doremi_step_size),
+                          smoothing=float(c.doremi_smoothing))
+  spent = (int(ref.counts.sum()) + (1 + FORWARD) * int(proxy.counts.sum())) * exp.seq_len
+  return ref, proxy, int(round(spent)), reference
+
+
+def _doremi(exp: Experiment, budget: int) -> tuple[np.ndarray, int]:
+  """DoReMi's answer over the mixture's domains (the proxy's mean weights) and its spend."""
+  ref, proxy, spent, reference = doremi_plan(exp, budget)
+  for spec in (ref, proxy):
+    exp.check_run(spec, 'config.compare.proxy_tokens (DoReMi)')
+  write_json(exp.workdir / 'doremi' / 'plan.json', {
+      'domains': exp.mix_names, 'proxy_tokens': spent,
+      'reference_weights': reference.tolist(),
+      'runs': {'reference': exp.run_dir(ref).name, 'proxy': exp.run_dir(proxy).name}})
+  exp.train([ref], 'doremi reference')
+  (result,) = exp.train([proxy], 'doremi proxy')
+  weights = np.asarray(result['doremi']['weights_mean'])[exp.trainable]
+  return weights / weights.sum(), spent
 
 
 def _upper(exp: Experiment, target: int) -> np.ndarray:
@@ -129,6 +168,9 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
   predictions = None
   if {'autoscale', 'reuse'} & set(chosen):
     predictions = predict.run(config, workdir, ddo.run(exp))
+  doremi_weights = None
+  if 'doremi' in chosen:
+    doremi_weights, spent['doremi'] = _doremi(exp, budget)
   swarm_results = None
   if set(SWARM) & set(chosen):
     mixtures, specs = swarm_plan(exp, budget)
@@ -147,6 +189,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
         answers[m] = np.asarray(predictions['targets'][tokens_key(target)]['weights'])
       elif m == 'reuse':
         answers[m] = validate.reused_weights(exp, predictions, target)
+      elif m == 'doremi':
+        answers[m] = validate.capped_weights(exp, doremi_weights, target, "DoReMi's mixture")
       elif m == 'temperature':
         answers[m] = temperature_weights(natural, float(config.compare.temperature))
       elif m == 'unimax':

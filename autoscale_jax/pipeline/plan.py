@@ -78,6 +78,13 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
       for i in range(int(config.compare.swarm_runs)):
         add('swarm', f'swarm {i} (Dirichlet mixture)',
             counts_from_weights(even, proxy // int(config.compare.swarm_runs), seq_len))
+    if 'doremi' in chosen:
+      ref, note = mixture(config.compare.doremi_reference, 'config.compare.doremi_reference')
+      even, _ = mixture('uniform', 'config.compare')
+      tokens = 3 * proxy // 7
+      add('doremi', f'doremi reference{note}', counts_from_weights(ref, tokens, seq_len))
+      add('doremi', 'doremi proxy (uniform batches, reweighted loss; + reference forwards)',
+          counts_from_weights(even, tokens, seq_len))
     for t in validate.targets(config):
       even, _ = mixture('uniform', 'config.compare')
       for name in chosen:

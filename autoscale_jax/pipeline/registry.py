@@ -69,11 +69,16 @@ def devices_line(config: ml_collections.ConfigDict) -> str:
 # ------------------------------------------------------------------------------ runs
 @dataclasses.dataclass
 class RunSpec:
-  """One training run a stage wants: its label, per-domain sequence counts and seed."""
+  """One training run a stage wants: its label, per-domain sequence counts and seed.
+
+  `reference` and `kind` make it a DoReMi proxy run (Experiment.doremi_spec) against that run.
+  """
   name: str
   counts: np.ndarray
   seed: int
   eval_every: int = 0
+  reference: 'RunSpec | None' = None
+  kind: dict | None = None
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple:
@@ -128,7 +133,15 @@ class Experiment:
   def run_dir(self, spec: RunSpec) -> epath.Path:
     from autoscale_jax.train.runs import run_fingerprint
     return self.workdir / 'runs' / run_fingerprint(self.run_config(spec), spec.counts, spec.seed,
-                                                   self.tokenizer.hash)
+                                                   self.tokenizer.hash, spec.kind)
+
+  def doremi_spec(self, name: str, counts: np.ndarray, reference: RunSpec, *,
+                  step_size: float, smoothing: float) -> RunSpec:
+    """A DoReMi proxy run of `counts` (uniform) against the run `reference` (train/doremi.py),
+    with the reference's seed and evaluation cadence."""
+    from autoscale_jax.train import doremi
+    kind = doremi.settings(self.run_dir(reference).name, step_size, smoothing)
+    return RunSpec(name, counts, reference.seed, reference.eval_every, reference, kind)
 
   def check_run(self, spec: RunSpec, field: str) -> None:
     """Fails before any training if a run needs more data than the stores hold."""
@@ -181,9 +194,9 @@ class Experiment:
     logging.info('[%s] %d runs: %d finished earlier, %d to train.', stage, len(specs),
                  len(specs) - len(todo), len(todo))
     remaining = sum(int(specs[k].counts.sum()) for k in todo) * self.seq_len
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}  # by cadence; DoReMi proxy runs apart
     for k in todo:
-      groups.setdefault(specs[k].eval_every, []).append(k)
+      groups.setdefault((specs[k].eval_every, specs[k].kind is not None), []).append(k)
     with Progress(len(specs), f'[{stage}] runs', 'run', initial=len(specs) - len(todo)) as bar:
       for members in groups.values():
         t0 = time.time()
@@ -203,8 +216,9 @@ class Experiment:
     return results
 
   def _train_group(self, specs: Sequence[RunSpec], stage: str) -> list[dict]:
-    """Runs of one evaluation cadence (any seeds), stacked or one after another; in the
-    synthetic world (config.world), their results straight from its law."""
+    """Runs of one evaluation cadence (any seeds), stacked or one after another (DoReMi proxy
+    runs, whose references must be finished, one after another); in the synthetic world
+    (config.world), their results straight from its law."""
     from autoscale_jax.train import runs
     if self.config.world == 'synthetic':
       out = []
@@ -212,10 +226,24 @@ class Experiment:
         record = world.result(self.run_config(s), name=f'{stage}/{s.name}',
                               fingerprint=self.run_dir(s).name, names=self.names, counts=s.counts,
                               seed=s.seed, rows=self.rows)
+        if s.kind:
+          record['doremi'] = world.doremi(self.run_config(s), s.kind, s.counts,
+                                          s.reference.counts, self.trainable)
         write_json(self.run_dir(s) / 'result.json', record)
         out.append(record)
       return out
+    if specs[0].kind:  # DoReMi proxy runs go one at a time, after their reference
+      from autoscale_jax.train import doremi
+      return [doremi.run(self.run_config(s), self._run(s, stage), self._run(s.reference, stage),
+                         mixture=np.flatnonzero(self.trainable).tolist(),
+                         step_size=s.kind['step_size'], smoothing=s.kind['smoothing'],
+                         stores=self.stores, tokenizer=self.tokenizer, trainers=self.trainers)
+              for s in specs]
     return runs.run_many(
         self.run_config(specs[0]),
-        [runs.Run(f'{stage}/{s.name}', self.run_dir(s), s.counts, s.seed) for s in specs],
-        stores=self.stores, tokenizer=self.tokenizer, trainers=self.trainers)
+        [self._run(s, stage) for s in specs], stores=self.stores, tokenizer=self.tokenizer,
+        trainers=self.trainers)
+
+  def _run(self, spec: RunSpec, stage: str):
+    from autoscale_jax.train import runs
+    return runs.Run(f'{stage}/{spec.name}', self.run_dir(spec), spec.counts, spec.seed)

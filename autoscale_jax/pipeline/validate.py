@@ -74,14 +74,19 @@ def check(exp: Experiment) -> dict[str, np.ndarray | None]:
 
 
 def reused_weights(exp: Experiment, predictions: dict, target: int) -> np.ndarray:
-  """The optimum of the largest DDO budget, used as is at `target` except where it would need
-  more of a domain than the data holds (capped there, like the prediction, and logged)."""
+  """The optimum of the largest DDO budget, used as is at `target` (capped_weights)."""
   reused = np.asarray(predictions['optima'][tokens_key(max(predictions['budgets']))])
-  quantities, capped = cap_to_data(reused * target, exp.available_tokens)
+  return capped_weights(exp, reused, target, 'the reused optimum')
+
+
+def capped_weights(exp: Experiment, weights: np.ndarray, target: int, what: str) -> np.ndarray:
+  """`weights` at `target` except where they would need more of a domain than the data holds
+  (capped there, like the prediction, and logged)."""
+  quantities, capped = cap_to_data(np.asarray(weights) * target, exp.available_tokens)
   if capped:
-    logging.warning('[%s tokens] the reused optimum needs more of %s than the data holds (x%d '
-                    'epochs): capped there.', f'{target:,}',
-                    ', '.join(exp.mix_names[i] for i in capped), int(exp.config.data.max_epochs))
+    logging.warning('[%s tokens] %s needs more of %s than the data holds (x%d epochs): capped '
+                    'there.', f'{target:,}', what, ', '.join(exp.mix_names[i] for i in capped),
+                    int(exp.config.data.max_epochs))
   return quantities / target
 
 

@@ -62,3 +62,27 @@ def result(config: ml_collections.ConfigDict, *, name: str, fingerprint: str, na
   return loop.result_record(config, name=name, fingerprint=fingerprint, names=names,
                             counts=counts, seen=counts, rows=rows, steps=steps, evals=evals,
                             wall_s=0.0)
+
+
+def doremi(config: ml_collections.ConfigDict, kind: dict, counts: np.ndarray,
+           reference_counts: np.ndarray, trainable: np.ndarray) -> dict:
+  """The result entry of a DoReMi proxy run (train/doremi.py) in this world: a proxy that
+  trains `counts` (uniform) with its loss reweighted by the domain weights gains each step
+  weight x the step's tokens of every domain; its excess over the reference (which trained
+  `reference_counts`) is that of the clean losses. The weights follow the same update."""
+  from autoscale_jax.data import mixture
+  from autoscale_jax.mixing.heuristics import doremi_step
+  seq_len = int(config.data.seq_len)
+  steps = mixture.num_steps(counts, int(config.train.batch_size))
+  per_step = float(np.sum(counts)) * seq_len / steps
+  reference = losses(np.asarray(reference_counts) * seq_len, 0, noise=0.0)
+  idx = np.flatnonzero(trainable)
+  weights, total = np.zeros(trainable.size), np.zeros(trainable.size)
+  weights[idx] = 1.0 / idx.size
+  tokens = np.zeros(trainable.size)
+  for _ in range(steps):
+    excess = losses(tokens, 0, noise=0.0) - reference
+    weights[idx] = doremi_step(weights[idx], excess[idx], kind['step_size'], kind['smoothing'])
+    tokens = tokens + weights * per_step
+    total += weights
+  return {**kind, 'weights_mean': (total / steps).tolist(), 'weights_last': weights.tolist()}

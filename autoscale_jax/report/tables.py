@@ -192,7 +192,8 @@ def comparison(results: Results) -> list[str]:
          'Every method\'s mixture trained at the target with the same seeds; final objective '
          '(seed mean, 95% t-interval over seeds), its paired difference to uniform with the '
          'verdict, and the tokens it saves against uniform. Proxy tokens: what the method trained '
-         'on proxy runs to find its mixture (RegMix and the mixing law share one swarm).', '']
+         'on proxy runs to find its mixture (RegMix and the mixing law share one swarm; DoReMi\'s '
+         'reference model\'s forward passes count a third of a token each).', '']
   for c in results.comparisons:
     n, target = len(c['seeds']), c['target']
     out += [f"### {tokens(target)} tokens ({target:,}), {n} seed{'s' if n > 1 else ''}", '']
