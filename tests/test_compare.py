@@ -35,17 +35,19 @@ def test_compare_mode_runs_every_method_and_reports_them(tmp_path):
   assert ref_tokens == proxy_tokens == 3 * ddo_tokens // 7 // c.data.seq_len * c.data.seq_len
   assert doremi['proxy_tokens'] == round(ref_tokens + proxy_tokens * 4 / 3)
   assert abs(doremi['proxy_tokens'] - ddo_tokens) <= 3 * c.data.seq_len
-  assert summary['proxy_tokens'] == {m: ddo_tokens if m in ('autoscale', 'reuse', 'regmix',
-                                                             'mixing_law')
-                                     else doremi['proxy_tokens'] if m == 'doremi' else 0
-                                     for m in methods}
+  swarm = json.loads((tmp_path / 'swarm' / 'plan.json').read_text())
+  swarm_tokens = sum(sum(json.loads((tmp_path / 'runs' / r['fingerprint'] / 'result.json')
+                                    .read_text())['trained_tokens']) for r in swarm['runs'])
+  assert abs(swarm_tokens - ddo_tokens) <= 8 * c.data.seq_len  # 8 runs of ddo_tokens / 8
+  spent = {'autoscale': ddo_tokens, 'reuse': ddo_tokens, 'regmix': swarm_tokens,
+           'mixing_law': swarm_tokens, 'doremi': doremi['proxy_tokens']}
+  assert summary['proxy_tokens'] == {m: spent.get(m, 0) for m in methods}
   # Its answer is the proxy's mean weights (the world's DoReMi), which moved off uniform.
   answer = np.asarray(runs['proxy']['doremi']['weights_mean'])
   np.testing.assert_allclose(summary['runs']['doremi']['weights'], answer / answer.sum())
   assert runs['proxy']['doremi']['reference'] == doremi['runs']['reference']
   assert np.abs(answer - 0.25).max() > 0.01
-  swarm = json.loads((tmp_path / 'swarm' / 'plan.json').read_text())
-  assert len(swarm['runs']) == 8 and swarm['proxy_tokens'] == ddo_tokens
+  assert len(swarm['runs']) == 8 and swarm['proxy_tokens'] == swarm_tokens
   # The data are ample at the target: UniMax is uniform, so it is the same run, trained once.
   assert summary['same_as'] == {'unimax': 'uniform'}
   assert [s['fingerprint'] for s in summary['runs']['unimax']['seeds']] == [

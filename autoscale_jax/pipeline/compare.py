@@ -162,9 +162,11 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
     predict.check(config)
   exp = Experiment(config, workdir)
   baselines = {n: w for n, w in validate.check(exp).items() if w is not None}
-  budget = int(config.compare.proxy_tokens) or ddo.total_tokens(
-      config, exp.names, exp.natural, exp.trainable, exp.seq_len)
-  spent = {m: budget if m in LEARNED else 0 for m in chosen}
+  ddo_tokens = ddo.total_tokens(config, exp.names, exp.natural, exp.trainable, exp.seq_len)
+  budget = int(config.compare.proxy_tokens) or ddo_tokens
+  # What each method trained on proxies, as counted (its runs' tokens): AutoScale's DDO follows
+  # ddo.budgets, not compare.proxy_tokens.
+  spent = {m: ddo_tokens if m in ('autoscale', 'reuse') else 0 for m in chosen}
   predictions = None
   if {'autoscale', 'reuse'} & set(chosen):
     predictions = predict.run(config, workdir, ddo.run(exp))
@@ -174,8 +176,10 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
   swarm_results = None
   if set(SWARM) & set(chosen):
     mixtures, specs = swarm_plan(exp, budget)
+    swarm_tokens = sum(int(s.counts.sum()) for s in specs) * exp.seq_len
+    spent.update({m: swarm_tokens for m in SWARM if m in chosen})
     write_json(workdir / 'swarm' / 'plan.json', {
-        'domains': exp.mix_names, 'proxy_tokens': budget, 'mixtures': mixtures.tolist(),
+        'domains': exp.mix_names, 'proxy_tokens': swarm_tokens, 'mixtures': mixtures.tolist(),
         'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name} for s in specs]})
     for spec in specs:
       exp.check_run(spec, 'config.compare.swarm_runs')
