@@ -1,9 +1,15 @@
 """DoReMi's proxy run: the step against a float64 recomputation of the paper's update, invariance
-to gradient accumulation and the mesh, and the driver (reference -> proxy) resuming bitwise.
+to gradient accumulation and the mesh, and the driver (reference -> proxy) resuming bitwise
+after a preemption and after a SIGKILL.
 
 Uses test_stacked's three synthetic domains and tiny GPT-2 (2 of the 8 fake devices)."""
 
 import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +17,8 @@ import numpy as np
 import pytest
 from etils import epath
 
+import doremi_worker
+import kill_harness
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import doremi_update
 from autoscale_jax.train import doremi, loop, mesh as mesh_lib, runs
@@ -151,3 +159,42 @@ def test_proxy_run_needs_a_finished_reference_then_resumes_bitwise(tmp_path, mon
   # A finished proxy run is read back without loading its reference again.
   (straight_root / 'reference' / 'checkpoints').rmtree()
   assert _doremi(straight_root) == straight
+
+
+def _worker(root: epath.Path, kill_at: int | None = None) -> None:
+  """tests/doremi_worker.py on `root`; SIGKILLed once its proxy run logged step `kill_at`."""
+  worker = pathlib.Path(__file__).with_name('doremi_worker.py')
+  proc = subprocess.Popen([sys.executable, str(worker), str(root)], env=kill_harness.env(),
+                          cwd=worker.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  if kill_at is None:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return
+  metrics, deadline = root / 'proxy' / 'metrics.jsonl', time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and any(json.loads(l).get('step', 0) >= kill_at
+                                for l in metrics.read_text().splitlines()):
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, 'the worker ended before the kill'
+
+
+def test_proxy_run_survives_sigkill_bitwise(tmp_path):
+  straight, killed = epath.Path(tmp_path) / 'straight', epath.Path(tmp_path) / 'killed'
+  doremi_worker.main(straight, pause=0.0)  # here; the killed run in worker processes
+  _worker(killed, kill_at=6)  # checkpointed at 4, killed at 6 or 7 of 12
+  assert not (killed / 'proxy' / 'result.json').exists()
+  assert [p.name for p in (killed / 'proxy' / 'checkpoints').iterdir() if p.name.isdigit()] == ['4']
+  _worker(killed)
+  want, got = (json.loads((r / 'proxy' / 'result.json').read_text()) for r in (straight, killed))
+  assert got['doremi'] == want['doremi'] and got['steps'] == want['steps'] == 12
+  timing = ('tokens_per_s', 'mfu', 'eta_s')
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]
+  assert strip(records(killed / 'proxy')) == strip(records(straight / 'proxy'))
+  kind = _kind(TRAINERS.single, _reference_params(TRAINERS.single))
+  a = _final_state(straight / 'proxy', want['fingerprint'], kind)
+  b = _final_state(killed / 'proxy', got['fingerprint'], kind)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
