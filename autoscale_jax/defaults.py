@@ -122,6 +122,23 @@ def get_config() -> ml_collections.ConfigDict:
   # 'sequence' = the mean of per-sequence perplexities (what the AutoScale authors' evaluation
   # script computes).
   c.eval.perplexity = 'token'
+  # Downstream evaluation of every validation run (validate and compare) at its end; never part
+  # of a run's fingerprint, so turning it on evaluates finished runs without retraining them.
+  # GPT-2, few-shot through lm-evaluation-harness (pip install -e ".[eval]"): task names
+  # (autoscale_bbc_topic and autoscale_plays_next_line build offline; standard ones such as
+  # hellaswag need the internet) or paths of task YAMLs.
+  c.eval.harness_tasks = ()
+  c.eval.num_fewshot = 0  # in-context examples per request
+  c.eval.harness_limit = 0  # examples per task; 0 = all
+  # BERT, fine-tuning a classifier on [CLS]: 'bbc_topic' (offline) | 'tfds:glue/sst2' (and the
+  # other GLUE tasks; internet) | 'files:TRAIN.jsonl,DEV.jsonl' (text, label per line).
+  c.eval.finetune_tasks = ()
+  c.eval.finetune = ml_collections.ConfigDict()
+  c.eval.finetune.lr = 5e-5  # peak learning rate (Adam, linear decay after 10% warmup)
+  c.eval.finetune.epochs = 3  # passes over the training split
+  c.eval.finetune.batch_size = 32  # examples per step
+  c.eval.finetune.seed = 0  # one fixed seed per pre-trained run (head init, order, dropout)
+  c.eval.finetune.max_train_examples = 0  # 0 = the whole training split
 
   # --- DDO: the 2m+1 proxy runs at each small budget -------------------------------------------
   c.ddo = ml_collections.ConfigDict()
