@@ -55,6 +55,10 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/redpajama') -> ml_collections.C
        'reuse': 'reuse'})  # the mixtures to beat
   c.validate.eval_every = 250  # points on each validation curve (every ~65M tokens)
   c.validate.seeds = 3  # per mixture: verdicts with a 95% interval
+  # Every validation run scored few-shot by lm-evaluation-harness (pip install -e ".[eval]";
+  # these standard tasks download their data, so the machine needs the internet or an HF cache).
+  c.eval.harness_tasks = ('hellaswag', 'piqa', 'arc_easy', 'lambada_openai')
+  c.eval.num_fewshot = 0  # zero-shot, as GPT-2's own evaluations
 
   c.mesh.data = 1  # no pure data parallelism inside a slice: ...
   c.mesh.fsdp = -1  # ... shard parameters and batch over every chip (ZeRO-3 style)

@@ -20,6 +20,12 @@ def test_paired_interval_by_hand():
   tight = conf.paired_difference(cand, cand + np.array([1.0, 1.1, 0.9]))
   assert tight.verdict == 'better' and tight.high < 0
   assert conf.paired_difference(cand + np.array([1.0, 1.1, 0.9]), cand).verdict == 'worse'
+  # A score (accuracy): higher is better, the same interval reads the other way.
+  more = conf.paired_difference(cand + np.array([1.0, 1.1, 0.9]), cand, higher_is_better=True)
+  assert more.verdict == 'better' and more.low > 0
+  assert conf.paired_difference(cand, cand + 1.0 + np.array([0, 0.1, -0.1]),
+                                higher_is_better=True).verdict == 'worse'
+  assert conf.paired_difference(cand, base, higher_is_better=True).verdict == 'inconclusive'
 
 
 def test_one_seed_has_no_interval():

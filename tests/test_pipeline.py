@@ -235,6 +235,36 @@ def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
     assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000
     assert f']({png})' in text
 
+  # Downstream evaluation turned on for the finished workdir: every validation run is scored
+  # from its checkpoint, nothing is retrained, and a rerun evaluates nothing again.
+  config.eval.harness_tasks, config.eval.harness_limit = ('autoscale_bbc_topic',), 4
+  pipeline.dispatch(config, str(workdir))
+  assert _results(workdir) == after
+  validation = json.loads((workdir / 'validation' / '24576.json').read_text())
+  scores = {}
+  for name, run in validation['runs'].items():
+    scores[name] = []
+    for s in run['seeds']:
+      (path,) = (workdir / 'runs' / s['fingerprint']).glob('downstream-*.json')
+      record = json.loads(path.read_text())
+      assert record['tasks']['autoscale_bbc_topic']['examples'] == 4
+      assert s['downstream'] == record['scores'] == {
+          'autoscale_bbc_topic': record['tasks']['autoscale_bbc_topic']['acc']}
+      scores[name].append(record['scores']['autoscale_bbc_topic'])
+  block = validation['downstream']['tasks']['autoscale_bbc_topic']
+  for name, values in scores.items():
+    assert block[name]['mean'] == pytest.approx(np.mean(values))
+    if name != 'uniform':
+      d = np.array(values) - np.array(scores['uniform'])
+      assert block[name]['vs_reference']['mean'] == pytest.approx(d.mean())
+  evaluated = {p: p.stat().st_mtime_ns for p in (workdir / 'runs').glob('*/downstream-*.json')}
+  assert len(evaluated) == 8
+  pipeline.dispatch(config, str(workdir))
+  assert {p: p.stat().st_mtime_ns for p in evaluated} == evaluated
+  text = report.read_text()
+  assert '| mixture | autoscale_bbc_topic |' in text and 'left-truncated' in text
+  config.eval.harness_tasks = ()
+
   # mode=report rebuilds the same report from the workdir alone.
   for p in (workdir / 'report').iterdir():
     p.unlink()

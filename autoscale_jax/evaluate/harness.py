@@ -53,7 +53,7 @@ class GenerationNotSupported(UserError, NotImplementedError):
   """The harness asked for text generation, which this adapter does not do."""
 
 
-def _import_lm_eval():
+def import_lm_eval():
   """lm_eval, imported now (it is an optional extra), with HF datasets kept offline."""
   os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # local jsonl tasks: no hub look-ups
   try:
@@ -254,7 +254,7 @@ class _GPT2Scoring:
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = True) -> list[float]:
     """log p(text) per request (args = (text,)), over the harness's rolling windows."""
-    utils = _import_lm_eval().utils
+    utils = import_lm_eval().utils
     windows, owner = [], []
     for i, req in enumerate(requests):
       (text,) = req.args
@@ -278,7 +278,7 @@ class _GPT2Scoring:
 
 @functools.cache
 def _lm_class() -> type:
-  lm_eval = _import_lm_eval()
+  lm_eval = import_lm_eval()
   return type('HarnessLM', (_GPT2Scoring, lm_eval.api.model.TemplateLM),
               {'__module__': __name__, '__doc__': _GPT2Scoring.__doc__,
                '__qualname__': 'HarnessLM'})
@@ -326,7 +326,7 @@ def evaluate(model: ModelSpec, params: Any, tokenizer: Any, *, tasks: Sequence[s
   left-truncated to seq_len}}, 'num_fewshot': ..., 'limit': ..., 'seq_len': ...}; the metrics
   are those the harness reports with its default filter (acc and acc_norm for our tasks).
   """
-  lm_eval = _import_lm_eval()
+  lm_eval = import_lm_eval()
   folder = tasks_lib.task_dir(task_root if task_root is not None else default_task_root())
   manager = lm_eval.tasks.TaskManager(include_path=os.fspath(folder),
                                       include_defaults=include_default_tasks)

@@ -48,11 +48,13 @@ def mean_interval(values: ArrayLike, level: float = LEVEL) -> dict[str, Any]:
           'high': float(v.mean() + half), 'n': int(v.size)}
 
 
-def paired_difference(candidate: ArrayLike, baseline: ArrayLike, level: float = LEVEL) -> Paired:
+def paired_difference(candidate: ArrayLike, baseline: ArrayLike, level: float = LEVEL, *,
+                      higher_is_better: bool = False) -> Paired:
   """t-interval on candidate[s] - baseline[s] (seed s of both shares its initialization).
 
-  'better' when the whole interval is below 0 (lower objective or loss), 'worse' when above,
-  'inconclusive' when it contains 0 or, with one seed, when there is no interval at all.
+  'better' when the whole interval is below 0 (lower objective or loss; above 0 with
+  higher_is_better, e.g. an accuracy), 'worse' when on the other side, 'inconclusive' when it
+  contains 0 or, with one seed, when there is no interval at all.
   """
   a, b = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
   if a.shape != b.shape or a.ndim != 1 or a.size == 0:
@@ -61,7 +63,10 @@ def paired_difference(candidate: ArrayLike, baseline: ArrayLike, level: float = 
   d = mean_interval(a - b, level)
   if d['low'] is None:
     return Paired(d['mean'], None, None, 1, 'inconclusive')
-  verdict = 'better' if d['high'] < 0 else 'worse' if d['low'] > 0 else 'inconclusive'
+  below, above = d['high'] < 0, d['low'] > 0
+  if higher_is_better:
+    below, above = above, below
+  verdict = 'better' if below else 'worse' if above else 'inconclusive'
   return Paired(d['mean'], d['low'], d['high'], d['n'], verdict)
 
 

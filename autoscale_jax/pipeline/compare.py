@@ -218,7 +218,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
                'seeds': validate.seeds(config), 'reference': REFERENCE, 'proxy_tokens': spent,
                'same_as': {m: o for m, o in same.items() if o != m}, 'runs': runs,
                'verdicts': {m: verdicts.pair(r, runs[REFERENCE], exp.names)
-                            for m, r in runs.items() if m != REFERENCE}}
+                            for m, r in runs.items() if m != REFERENCE},
+               'downstream': verdicts.downstream(runs, REFERENCE)}
     write_json(workdir / 'compare' / f'{tokens_key(target)}.json', summary)
     table[tokens_key(target)] = {m: w.tolist() for m, w in answers.items()}
     summaries.append(summary)

@@ -5,6 +5,7 @@ store, so a change of those APIs is made here alone."""
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -64,6 +65,31 @@ def devices_line(config: ml_collections.ConfigDict) -> str:
     return f'{mesh.size} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}'
   except ConfigError as e:
     return f'{jax.device_count()} device(s) here; the configured mesh needs others ({e})'
+
+
+def downstream_settings(config: ml_collections.ConfigDict) -> dict | None:
+  """What a run's downstream evaluation is (None when off): lm-evaluation-harness tasks for a
+  GPT-2 (eval.harness_tasks), fine-tuning tasks for a BERT (eval.finetune_tasks); the other
+  family's field is refused."""
+  ecfg, family = config.eval, config.model.family
+  harness, finetune = tuple(ecfg.harness_tasks), tuple(ecfg.finetune_tasks)
+  if harness and family != 'gpt2':
+    raise ConfigError('config.eval.harness_tasks scores a causal LM (model.family gpt2); for a '
+                      f'{family} use config.eval.finetune_tasks, or set harness_tasks=().')
+  if finetune and family != 'bert':
+    raise ConfigError('config.eval.finetune_tasks fine-tunes a BERT (model.family bert); for a '
+                      f'{family} use config.eval.harness_tasks, or set finetune_tasks=().')
+  if harness:
+    from autoscale_jax.errors import check_number
+    from autoscale_jax.evaluate import harness as harness_lib
+    check_number(ecfg.num_fewshot, 'config.eval.num_fewshot', least=0, whole=True)
+    check_number(ecfg.harness_limit, 'config.eval.harness_limit', least=0, whole=True)
+    harness_lib.import_lm_eval()  # the optional extra, before anything trains
+    return {'kind': 'harness', 'tasks': list(harness), 'num_fewshot': int(ecfg.num_fewshot),
+            'limit': int(ecfg.harness_limit)}
+  if finetune:
+    return {'kind': 'finetune', 'tasks': list(finetune), **ecfg.finetune.to_dict()}
+  return None
 
 
 # ------------------------------------------------------------------------------ runs
@@ -243,6 +269,64 @@ class Experiment:
         self.run_config(specs[0]),
         [self._run(s, stage) for s in specs], stores=self.stores, tokenizer=self.tokenizer,
         trainers=self.trainers)
+
+  # -- downstream evaluation
+  def downstream(self, specs: Sequence[RunSpec]) -> list[dict | None]:
+    """Each finished run's downstream scores (downstream_settings; None when off), evaluated
+    once per run and setting: <run dir>/downstream-<hash of the settings>.json. Every process
+    evaluates (the model may be sharded over all of them); process 0 writes."""
+    settings = downstream_settings(self.config)
+    if settings is None:
+      return [None] * len(specs)
+    if self.config.world == 'synthetic':
+      logging.warning('downstream evaluation needs trained models; the synthetic world has none.')
+      return [None] * len(specs)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    out = []
+    for spec in specs:
+      path = self.run_dir(spec) / f'downstream-{key}.json'
+      if not path.exists():
+        t0 = time.time()
+        record = {'settings': settings, **self._evaluate(spec, settings)}
+        write_json(path, record)
+        logging.info('[downstream] %s: %s (%.0fs)', spec.name, ', '.join(
+            f'{t} {v:.4f}' for t, v in record['scores'].items()), time.time() - t0)
+        out.append(record)
+      else:
+        out.append(read_json(path))
+    return out
+
+  def _evaluate(self, spec: RunSpec, settings: dict) -> dict:
+    """One run's downstream results from its final checkpoint; 'scores' holds each task's
+    main score (accuracy for the harness's choice tasks; finetune.py names its own)."""
+    from autoscale_jax.train import runs
+    run_dir = self.run_dir(spec)
+    ckpt = runs.checkpointer(self.run_config(spec), run_dir / 'checkpoints', run_dir.name, None)
+    restored = ckpt.restore(self.trainers.single.abstract_state)
+    ckpt.close()
+    if restored is None:
+      raise ConfigError(f'[{spec.name}] {run_dir} has no final checkpoint to evaluate downstream; '
+                        'delete its result.json to train it again.')
+    trainer, params = self.trainers.single, restored[0].params
+    if settings['kind'] == 'harness':
+      from autoscale_jax.evaluate import harness, tasks
+      ours = set(tasks.TASKS.values())
+      result = harness.evaluate(
+          trainer.model, params, self.tokenizer, tasks=settings['tasks'], seq_len=self.seq_len,
+          num_fewshot=settings['num_fewshot'], limit=settings['limit'] or None,
+          task_root=self.workdir / 'tasks', batch_size=int(self.config.eval.batch_size),
+          mesh=trainer.mesh, rules=self.config.mesh.rules,
+          include_default_tasks=any(t not in ours and not epath.Path(t).exists()
+                                    for t in settings['tasks']))
+      scores = {t: r.get('acc', r.get('acc_norm')) for t, r in result['tasks'].items()}
+    else:
+      from autoscale_jax.evaluate import finetune
+      result = finetune.evaluate(trainer.model, params, self.tokenizer,
+                                 tasks=settings['tasks'], cfg=self.config.eval.finetune,
+                                 seq_len=self.seq_len, mesh=trainer.mesh,
+                                 rules=self.config.mesh.rules)
+      scores = {t: r['score'] for t, r in result['tasks'].items()}
+    return {**result, 'scores': scores}
 
   def _run(self, spec: RunSpec, stage: str):
     from autoscale_jax.train import runs

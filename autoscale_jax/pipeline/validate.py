@@ -13,13 +13,21 @@ from autoscale_jax.errors import ConfigError, check_number
 from autoscale_jax.lead import write_json
 from autoscale_jax.mixing import cap_to_data, confidence
 from autoscale_jax.pipeline import predict
-from autoscale_jax.pipeline.registry import Experiment, RunSpec, positive_tokens, tokens_key
+from autoscale_jax.pipeline.registry import (
+  Experiment,
+  RunSpec,
+  downstream_settings,
+  positive_tokens,
+  tokens_key,
+)
 from autoscale_jax.report import verdicts
 from autoscale_jax.report.verdicts import PREDICTED
 
 # Baseline keyword: the DDO optimum of the largest DDO budget, reused as is at the target (the
 # practice AutoScale claims to beat).
 REUSE = 'reuse'
+# Downstream scores are compared with this baseline's (the paper's comparison), when validated.
+DOWNSTREAM_REFERENCE = 'uniform'
 
 
 def targets(config: ml_collections.ConfigDict) -> list[int]:
@@ -60,6 +68,7 @@ def check(exp: Experiment) -> dict[str, np.ndarray | None]:
     raise ConfigError("config.validate.baselines may not be named 'predicted' (that is the "
                       'predicted mixture); rename the baseline.')
   check_number(exp.config.validate.eval_every, 'config.validate.eval_every', least=0, whole=True)
+  downstream_settings(exp.config)
   seeds(exp.config)
   chosen = targets(exp.config)
   baselines = {n: None if isinstance(w, str) and w == REUSE else
@@ -98,10 +107,10 @@ def train_mixtures(exp: Experiment, mixtures: dict[str, np.ndarray], target: int
   for spec in specs:
     exp.check_run(spec, _field(target))
   results = exp.train(specs, stage)
+  scores = exp.downstream(specs)
+  entries = [verdicts.seed_entry(r, spec.seed, d) for spec, r, d in zip(specs, results, scores)]
   per_seed = len(seeds(exp.config))
-  return {name: verdicts.mixture_entry(
-      w, [verdicts.seed_entry(r, spec.seed) for spec, r in
-          zip(specs[i * per_seed:(i + 1) * per_seed], results[i * per_seed:(i + 1) * per_seed])])
+  return {name: verdicts.mixture_entry(w, entries[i * per_seed:(i + 1) * per_seed])
           for i, (name, w) in enumerate(mixtures.items())}
 
 
@@ -121,7 +130,8 @@ def run(exp: Experiment, predictions: dict,
     summary = {'target': target, 'domains': exp.names, 'mixture_domains': exp.mix_names,
                'seeds': seeds(exp.config), 'level': confidence.LEVEL,
                'reuse_budget': int(largest), 'runs': runs,
-               'verdicts': verdicts.compare(runs, exp.names)}
+               'verdicts': verdicts.compare(runs, exp.names),
+               'downstream': verdicts.downstream(runs, DOWNSTREAM_REFERENCE)}
     write_json(exp.workdir / 'validation' / f'{tokens_key(target)}.json', summary)
     for name, v in summary['verdicts'].items():
       d = v['objective']

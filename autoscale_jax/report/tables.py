@@ -140,6 +140,29 @@ def _saved(s: dict) -> str:
           f"{100 * s['not_reached']:.0f}% of resamples")
 
 
+def downstream(block: dict | None) -> list[str]:
+  """The downstream table of one target (verdicts.downstream), or nothing when not evaluated."""
+  if not block:
+    return []
+  ref = block['reference']
+  out = [f'Downstream: each task\'s score (seed mean, 95% interval) and its paired difference to '
+         f'{ref} with the verdict (higher is better).', '']
+  names = list(next(iter(block['tasks'].values())))
+
+  def cell(e: dict) -> str:
+    mean = f"{e['mean']:.4f}" + ('' if e['low'] is None else f" [{e['low']:.4f}, {e['high']:.4f}]")
+    d = e['vs_reference']
+    return mean if d is None else f"{mean}; {d['mean']:+.4f} {interval_text(d)} **{d['verdict']}**"
+  out += table(['mixture', *block['tasks']],
+               [[name, *[cell(block['tasks'][t][name]) for t in block['tasks']]]
+                for name in names])
+  cut = {t: n for t, n in block['truncated'].items() if n is not None}  # harness tasks only
+  if cut:
+    out += ['Requests longer than the trained context (data.seq_len), left-truncated, most in '
+            'one run: ' + ', '.join(f'{t} {n:,}' for t, n in cut.items()) + '.', '']
+  return out
+
+
 def _tokens_trained(plans: list[dict]) -> tuple[float, int]:
   runs = [r for p in plans for r in p['runs']]
   return float(sum(sum(r['quantities']) for r in runs)), len(runs)
@@ -173,6 +196,7 @@ def verdicts(results: Results) -> list[str]:
     out += table(['domain', *v['verdicts']],
                  [[d, *[_domain_cell(c['domains'][d]) for c in v['verdicts'].values()]]
                   for d in v['domains']])
+    out += downstream(v.get('downstream'))
   ddo_tokens, ddo_runs = _tokens_trained([b['plan'] for b in results.budgets])
   target = results.validations[0]['target']
   out += [f'What the answer cost: the DDO proxy runs trained {ddo_tokens:,.0f} tokens in '
@@ -213,6 +237,7 @@ def comparison(results: Results) -> list[str]:
                   'verdict', 'tokens saved vs uniform'], rows)
     out += table(['method', *c['mixture_domains']],
                  [[m, *[f'{w:.3f}' for w in r['weights']]] for m, r in c['runs'].items()])
+    out += downstream(c.get('downstream'))
   return out
 
 

@@ -28,12 +28,41 @@ def interval_text(d: dict) -> str:
           else f"[{d['low']:+.4g}, {d['high']:+.4g}]")
 
 
-def seed_entry(result: dict, seed: int | None) -> dict:
-  """What the validation file keeps of one run's result.json."""
-  return {'seed': seed, 'fingerprint': result['fingerprint'], 'objective': result['objective'],
-          'val_loss': result['val_loss'], 'val_loss_se': result.get('val_loss_se'),
-          'val_ppl': result['val_ppl'],
-          'curve': [{'tokens': e['tokens'], 'objective': e['objective']} for e in result['evals']]}
+def seed_entry(result: dict, seed: int | None, downstream: dict | None = None) -> dict:
+  """What the validation file keeps of one run's result.json (and of its downstream
+  evaluation, registry.Experiment.downstream: each task's score and truncated requests)."""
+  entry = {'seed': seed, 'fingerprint': result['fingerprint'], 'objective': result['objective'],
+           'val_loss': result['val_loss'], 'val_loss_se': result.get('val_loss_se'),
+           'val_ppl': result['val_ppl'],
+           'curve': [{'tokens': e['tokens'], 'objective': e['objective']}
+                     for e in result['evals']]}
+  if downstream is not None:
+    entry['downstream'] = downstream['scores']
+    entry['downstream_truncated'] = {t: r.get('truncated') for t, r in
+                                     downstream['tasks'].items()}
+  return entry
+
+
+def downstream(runs: dict[str, dict], reference: str) -> dict | None:
+  """Per downstream task and mixture: the score's seed mean with its 95% interval and, against
+  `reference` (seeds paired), the difference with its interval and verdict (higher is
+  better); None when the runs were not evaluated downstream."""
+  seeds = {name: r['seeds'] for name, r in runs.items()}
+  if not all('downstream' in s for ss in seeds.values() for s in ss):
+    return None
+  tasks = list(next(iter(seeds.values()))[0]['downstream'])
+  out = {}
+  for task in tasks:
+    scores = {name: [s['downstream'][task] for s in ss] for name, ss in seeds.items()}
+    ref = scores.get(reference)
+    out[task] = {name: {**confidence.mean_interval(v), 'vs_reference': None if ref is None or
+                        name == reference else confidence.paired_difference(
+                            v[:len(ref)], ref[:len(v)], higher_is_better=True).to_dict()}
+                 for name, v in scores.items()}
+  counts = {t: [(s.get('downstream_truncated') or {}).get(t) for ss in seeds.values()
+                 for s in ss] for t in tasks}
+  truncated = {t: None if any(n is None for n in c) else max(c) for t, c in counts.items()}
+  return {'reference': reference, 'tasks': out, 'truncated': truncated}
 
 
 def mixture_entry(weights: Sequence[float], seeds: list[dict]) -> dict:
