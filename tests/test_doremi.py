@@ -115,11 +115,22 @@ def _doremi(root: epath.Path) -> dict:
                     stores=STORES, tokenizer=TOKENIZER, trainers=TRAINERS)
 
 
-def _final_state(run_dir: epath.Path, fingerprint: str, kind_trainer) -> doremi.DoReMiState:
+def _final_state(run_dir: epath.Path, fingerprint: str) -> doremi.DoReMiState:
+  kind = _kind(TRAINERS.single, _reference_params(TRAINERS.single))  # its abstract state
   ckpt = Checkpointer(run_dir / 'checkpoints', fingerprint=fingerprint, every=1, keep=1)
-  state, _ = ckpt.restore(kind_trainer.abstract_state)
+  state, _ = ckpt.restore(kind.abstract_state)
   ckpt.close()
   return state
+
+
+def _assert_same_proxy(got: epath.Path, want: epath.Path, fingerprint: str) -> None:
+  """The proxy runs under two roots logged the same numbers and ended in the same state."""
+  timing = ('tokens_per_s', 'mfu', 'eta_s')
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]
+  assert strip(records(got / 'proxy')) == strip(records(want / 'proxy'))
+  a, b = (_final_state(r / 'proxy', fingerprint) for r in (got, want))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
 
 
 def test_proxy_run_needs_a_finished_reference_then_resumes_bitwise(tmp_path, monkeypatch):
@@ -148,14 +159,7 @@ def test_proxy_run_needs_a_finished_reference_then_resumes_bitwise(tmp_path, mon
   drop = ('wall_s_last_session',)
   assert ({k: v for k, v in resumed.items() if k not in drop}
           == {k: v for k, v in straight.items() if k not in drop})
-  timing = ('tokens_per_s', 'mfu', 'eta_s', 'step_time_s')
-  strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]
-  assert strip(records(killed_root / 'proxy')) == strip(records(straight_root / 'proxy'))
-  kind = _kind(TRAINERS.single, _reference_params(TRAINERS.single))
-  a = _final_state(straight_root / 'proxy', straight['fingerprint'], kind)
-  b = _final_state(killed_root / 'proxy', resumed['fingerprint'], kind)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  _assert_same_proxy(killed_root, straight_root, straight['fingerprint'])
   # A finished proxy run is read back without loading its reference again.
   (straight_root / 'reference' / 'checkpoints').rmtree()
   assert _doremi(straight_root) == straight
@@ -190,11 +194,5 @@ def test_proxy_run_survives_sigkill_bitwise(tmp_path):
   _worker(killed)
   want, got = (json.loads((r / 'proxy' / 'result.json').read_text()) for r in (straight, killed))
   assert got['doremi'] == want['doremi'] and got['steps'] == want['steps'] == 12
-  timing = ('tokens_per_s', 'mfu', 'eta_s')
-  strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]
-  assert strip(records(killed / 'proxy')) == strip(records(straight / 'proxy'))
-  kind = _kind(TRAINERS.single, _reference_params(TRAINERS.single))
-  a = _final_state(straight / 'proxy', want['fingerprint'], kind)
-  b = _final_state(killed / 'proxy', got['fingerprint'], kind)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  assert got['fingerprint'] == want['fingerprint']
+  _assert_same_proxy(killed, straight, want['fingerprint'])
