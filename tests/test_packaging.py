@@ -29,7 +29,8 @@ def test_bare_names_resolve_to_the_shipped_files_and_paths_stay_as_given():
 
 @pytest.mark.parametrize('spec', ['gpt3', 'configs/gpt3.py', 'gpt3:gs://bucket/x'])
 def test_unknown_config_is_one_sentence_listing_the_shipped_names(spec):
-  with pytest.raises(UserError, match=r'gpt3.*bert_base, demo, gpt2_large, gpt2_small, tiny'):
+  with pytest.raises(UserError,
+                     match=r'gpt3.*bert_base, bert_tiny, demo, gpt2_large, gpt2_small, tiny'):
     config_files.resolve(spec)
 
 
@@ -42,8 +43,8 @@ def test_main_takes_a_bare_name_from_any_directory(tmp_path):
   out = run('--config=gpt3', '--config.dry_run=True')
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
-      'error: --config=gpt3: \'gpt3\' is not a shipped config (bert_base, demo, gpt2_large, '
-      'gpt2_small, tiny); give one of those names or the path of a config file.']
+      'error: --config=gpt3: \'gpt3\' is not a shipped config (bert_base, bert_tiny, demo, '
+      'gpt2_large, gpt2_small, tiny); give one of those names or the path of a config file.']
 
 
 def test_wheel_ships_every_module_and_the_configs_inside_the_package(tmp_path):
