@@ -99,9 +99,9 @@ def doremi_plan(exp: Experiment, proxy_tokens: int) -> tuple[RunSpec, RunSpec, i
   reference = resolve_weights(c.doremi_reference, exp.mix_names, natural,
                               'config.compare.doremi_reference')
   tokens = 3 * proxy_tokens // 7
-  ref = RunSpec('doremi reference', exp.full(counts_from_weights(reference, tokens, exp.seq_len)),
+  ref = RunSpec('reference', exp.full(counts_from_weights(reference, tokens, exp.seq_len)),
                 int(exp.config.seed))
-  proxy = exp.doremi_spec('doremi proxy',
+  proxy = exp.doremi_spec('proxy',
                           exp.full(counts_from_weights(np.full(m, 1 / m), tokens, exp.seq_len)),
                           ref, step_size=float(c.doremi_step_size),
                           smoothing=float(c.doremi_smoothing))
@@ -118,8 +118,8 @@ def _doremi(exp: Experiment, budget: int) -> tuple[np.ndarray, int]:
       'domains': exp.mix_names, 'proxy_tokens': spent,
       'reference_weights': reference.tolist(),
       'runs': {'reference': exp.run_dir(ref).name, 'proxy': exp.run_dir(proxy).name}})
-  exp.train([ref], 'doremi reference')
-  (result,) = exp.train([proxy], 'doremi proxy')
+  exp.train([ref], 'doremi')
+  (result,) = exp.train([proxy], 'doremi')
   weights = np.asarray(result['doremi']['weights_mean'])[exp.trainable]
   return weights / weights.sum(), spent
 
