@@ -72,5 +72,7 @@ def test_compare_mode_runs_every_method_and_reports_them(tmp_path):
 
   report = (tmp_path / 'report' / 'report.md').read_text()
   assert report.index('## Methods compared') < report.index('## DDO budgets')
+  assert '](methods.png)' in report
+  assert (tmp_path / 'report' / 'methods.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   for m in methods:
     assert f'| {m}' in report

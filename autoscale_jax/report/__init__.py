@@ -17,6 +17,7 @@ from autoscale_jax.report.results import Results, load
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     tables.header,
     tables.comparison,
+    plots.methods,
     tables.verdicts,
     plots.validation,
     plots.fits,

@@ -103,6 +103,25 @@ def weights(results: Results) -> list[str]:
   return _save(fig, results.folder / 'weights.png', 'weights vs budget')
 
 
+def methods(results: Results) -> list[str]:
+  """mode=compare: every method's weights side by side, one panel per target."""
+  if not results.comparisons:
+    return []
+  fig, axes = _grid(len(results.comparisons), 7.5, 4.0)
+  for ax, c in zip(axes, results.comparisons):
+    names, domains = list(c['runs']), c['mixture_domains']
+    width = 0.8 / len(domains)
+    for i, d in enumerate(domains):
+      ax.bar(np.arange(len(names)) + (i - (len(domains) - 1) / 2) * width,
+             [c['runs'][m]['weights'][i] for m in names], width, label=d, color=f'C{i}')
+    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha='right')
+    ax.set_ylabel('weight')
+    ax.set_title(f"Each method's mixture at {tokens(c['target'])} tokens")
+    ax.legend(fontsize=7, ncol=min(4, len(domains)))
+  fig.tight_layout()
+  return _save(fig, results.folder / 'methods.png', 'weights of every method')
+
+
 def _seed_curves(run: dict) -> tuple[np.ndarray, np.ndarray]:
   """(tokens [points], objective [seeds, points]) of one validation mixture."""
   points = min(len(s['curve']) for s in run['seeds'])
