@@ -371,7 +371,10 @@ def test_data_parallel_over_a_mesh_matches_one_device(bert_parts, tok, tmp_path)
   """Batches split over (data, fsdp) and the encoder sharded as in training: the same updates as
   on one device, and evaluate gives the same scores."""
   spec, params = bert_parts
-  mesh = mesh_lib.make_mesh(defaults.mesh(data=4, fsdp=2, tensor=1))
+  # 4 of the 8 fake devices: with all 8 on this 2-core CI machine, XLA:CPU's collectives of
+  # these programs sometimes deadlocked (rendezvous termination timeout, an abort) when this
+  # test ran first in its process.
+  mesh = mesh_lib.make_mesh(defaults.mesh(data=2, fsdp=2, tensor=1), jax.devices()[:4])
   rules = defaults.get_config().mesh.rules
   _, specs = trainer_lib.logical_param_specs(spec, jax.random.key(0))
   with trainer_lib.mesh_context(mesh, rules):
@@ -407,8 +410,8 @@ def test_data_parallel_over_a_mesh_matches_one_device(bert_parts, tok, tmp_path)
                           mesh=mesh, rules=rules)
   for key in ('accuracy', 'macro_f1', 'examples', 'train_examples', 'labels'):
     assert got['tasks'][task][key] == pytest.approx(want['tasks'][task][key])
-  with pytest.raises(ConfigError, match='multiple of the data-parallel size 8'):
-    finetune.evaluate(spec, sharded, tok, tasks=('bbc_topic',), cfg=finetune_cfg(batch_size=12),
+  with pytest.raises(ConfigError, match='multiple of the data-parallel size 4'):
+    finetune.evaluate(spec, sharded, tok, tasks=('bbc_topic',), cfg=finetune_cfg(batch_size=6),
                       seq_len=SEQ_LEN, mesh=mesh, rules=rules)
 
 
