@@ -284,10 +284,11 @@ class Experiment:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = []
     for spec in specs:
-      path = self.run_dir(spec) / f'downstream-{key}.json'
+      run_dir = self.run_dir(spec)
+      path = run_dir / f'downstream-{key}.json'
       if not path.exists():
         t0 = time.time()
-        record = {'settings': settings, **self._evaluate(spec, settings)}
+        record = {'settings': settings, **self._evaluate(spec, run_dir, settings)}
         write_json(path, record)
         logging.info('[downstream] %s: %s (%.0fs)', spec.name, ', '.join(
             f'{t} {v:.4f}' for t, v in record['scores'].items()), time.time() - t0)
@@ -296,11 +297,10 @@ class Experiment:
         out.append(read_json(path))
     return out
 
-  def _evaluate(self, spec: RunSpec, settings: dict) -> dict:
-    """One run's downstream results from its final checkpoint; 'scores' holds each task's
-    main score (accuracy for the harness's choice tasks; finetune.py names its own)."""
+  def _evaluate(self, spec: RunSpec, run_dir: epath.Path, settings: dict) -> dict:
+    """One run's downstream results from its final checkpoint in `run_dir`; 'scores' holds
+    each task's main score (accuracy for the harness's choice tasks; finetune.py names its own)."""
     from autoscale_jax.train import runs
-    run_dir = self.run_dir(spec)
     ckpt = runs.checkpointer(self.run_config(spec), run_dir / 'checkpoints', run_dir.name, None)
     restored = ckpt.restore(self.trainers.single.abstract_state)
     ckpt.close()
