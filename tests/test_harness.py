@@ -271,7 +271,8 @@ def test_simple_evaluate_end_to_end_offline_on_bbc_topic(lm_parts, tok, tmp_path
       'autoscale_bbc_topic']
   assert (shot['examples'], shot['requests'], shot['truncated']) == (4, 20, 20)
   with pytest.raises(UserError, match="'hellaswag' is neither.*autoscale_bbc_topic"):
-    harness.evaluate(spec, params, tok, tasks=['hellaswag'], seq_len=SEQ_LEN, task_root=tmp_path)
+    harness.evaluate(spec, params, tok, tasks=['hellaswag'], seq_len=SEQ_LEN, task_root=tmp_path,
+                     include_default_tasks=False)
 
 
 def test_a_missing_extra_names_it(lm_parts, tok, monkeypatch, tmp_path):

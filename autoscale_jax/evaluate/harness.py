@@ -310,11 +310,13 @@ def evaluate(model: ModelSpec, params: Any, tokenizer: Any, *, tasks: Sequence[s
              seq_len: int, num_fewshot: int | None = None, limit: int | float | None = None,
              task_root: epath.PathLike | None = None, batch_size: int = 16,
              mesh: Mesh | None = None, rules: Sequence = (), seed: int = 1234,
-             bootstrap_iters: int = 1000, include_default_tasks: bool = False) -> dict:
+             bootstrap_iters: int = 1000, include_default_tasks: bool | None = None) -> dict:
   """Few-shot scores of one model on lm-evaluation-harness tasks, offline.
 
   tasks: names (tasks.TASKS values such as 'autoscale_bbc_topic', or the harness's own when
-  include_default_tasks and their data are cached locally) or task YAML paths. num_fewshot:
+  include_default_tasks and their data are cached locally) or task YAML paths;
+  include_default_tasks=None loads the harness's own task index only when some task is neither
+  ours nor a file (indexing it takes seconds). num_fewshot:
   examples per prompt (None: each task's default, 0 for ours). limit: test examples per task
   (None: all). seq_len: the data.seq_len the model was trained at. task_root: a local folder
   for the offline tasks (built once, see tasks.task_dir; default: under the temp dir). seed:
@@ -328,6 +330,9 @@ def evaluate(model: ModelSpec, params: Any, tokenizer: Any, *, tasks: Sequence[s
   """
   lm_eval = import_lm_eval()
   folder = tasks_lib.task_dir(task_root if task_root is not None else default_task_root())
+  if include_default_tasks is None:
+    ours = set(tasks_lib.TASKS.values())
+    include_default_tasks = any(t not in ours and not os.path.isfile(t) for t in tasks)
   manager = lm_eval.tasks.TaskManager(include_path=os.fspath(folder),
                                       include_defaults=include_default_tasks)
   for name in tasks:

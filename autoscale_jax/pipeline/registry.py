@@ -309,15 +309,12 @@ class Experiment:
                         'delete its result.json to train it again.')
     trainer, params = self.trainers.single, restored[0].params
     if settings['kind'] == 'harness':
-      from autoscale_jax.evaluate import harness, tasks
-      ours = set(tasks.TASKS.values())
+      from autoscale_jax.evaluate import harness
       result = harness.evaluate(
           trainer.model, params, self.tokenizer, tasks=settings['tasks'], seq_len=self.seq_len,
           num_fewshot=settings['num_fewshot'], limit=settings['limit'] or None,
           task_root=self.workdir / 'tasks', batch_size=int(self.config.eval.batch_size),
-          mesh=trainer.mesh, rules=self.config.mesh.rules,
-          include_default_tasks=any(t not in ours and not epath.Path(t).exists()
-                                    for t in settings['tasks']))
+          mesh=trainer.mesh, rules=self.config.mesh.rules)
       scores = {t: r.get('acc', r.get('acc_norm')) for t, r in result['tasks'].items()}
     else:
       from autoscale_jax.evaluate import finetune
