@@ -186,7 +186,12 @@ def get_config() -> ml_collections.ConfigDict:
                        'unimax', 'uniform', 'natural')
   # Proxy training tokens each learned method may spend; 0 = what the DDO budgets cost.
   c.compare.proxy_tokens = 0
-  c.compare.swarm_runs = 16  # random-mixture runs RegMix and the mixing law share (tokens split)
+  # The most tokens one swarm or DoReMi run trains; 0 = the largest DDO budget, the scale at
+  # which AutoScale's proxies measure, so every method's proxies stand as far below the target.
+  c.compare.proxy_run_tokens = 0
+  # Random-mixture runs RegMix and the mixing law share; 0 = as many as compare.proxy_tokens
+  # buys at proxy_run_tokens each (at least 2); given, the budget is split among them (capped).
+  c.compare.swarm_runs = 0
   c.compare.swarm_prior = 'uniform'  # Dirichlet centre of the swarm: uniform | natural
   c.compare.swarm_concentration = 1.0  # Dirichlet concentration per domain (1 = flat, uniform)
   c.compare.regmix_regressor = 'linear'  # linear | lightgbm (pip install -e ".[regmix]")
@@ -194,8 +199,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare.regmix_top_k = 100  # RegMix: best-scored candidates averaged
   # DoReMi: a reference run on doremi_reference, then a proxy run of as many tokens on uniform
   # batches (its reference forwards count a third of a token each: the budget P buys 3P/7
-  # tokens per run). The paper's step size 1 and smoothing 1e-3; its reference mixture is the
-  # Pile's own (natural here), GLaM's uniform.
+  # tokens per run, capped at proxy_run_tokens, so DoReMi may spend less than P). The paper's
+  # step size 1 and smoothing 1e-3; its reference mixture is the Pile's own (natural here),
+  # GLaM's uniform.
   c.compare.doremi_reference = 'uniform'  # uniform | natural | a dict of weights per domain
   c.compare.doremi_step_size = 1.0  # eta of the exponentiated-gradient step on the weights
   c.compare.doremi_smoothing = 1e-3  # s: weights <- (1 - s) weights + s / m every step

@@ -3,8 +3,9 @@
 The scale study's setting (bench/scale_study.py: the demo corpus, the demo model, 256
 validation sequences, DDO at the budgets its pilot chose with 2 replicates, the target 4x the
 larger one, 3 seeds) with every method of mode=compare: AutoScale, reuse, RegMix and the Data
-Mixing Law on one swarm of the same proxy compute as the DDO stages, DoReMi (a reference and a
-proxy run of the same compute), temperature sampling, UniMax, uniform and natural. It shares
+Mixing Law on one swarm of the same proxy compute as the DDO stages (runs of the larger DDO
+budget, so the target is 4x every method's proxy runs), DoReMi (a reference and a proxy run of
+that size: it spends less), temperature sampling, UniMax, uniform and natural. It shares
 the scale study's workdir, so the runs both need (the DDO budgets, uniform / natural / reuse /
 AutoScale at the target) are trained once; on a new machine the DDO budgets come back from the
 scale study's committed ddo summary.

@@ -6,7 +6,7 @@ import numpy as np
 
 from autoscale_jax import pipeline
 from autoscale_jax.configs import tiny
-from autoscale_jax.pipeline import world
+from autoscale_jax.pipeline import compare, world
 
 
 def test_compare_mode_runs_every_method_and_reports_them(tmp_path):
@@ -26,19 +26,21 @@ def test_compare_mode_runs_every_method_and_reports_them(tmp_path):
   plan = [json.loads((tmp_path / 'budgets' / b / 'plan.json').read_text()) for b in ('8192',
                                                                                     '16384')]
   ddo_tokens = sum(sum(r['counts']) * c.data.seq_len for p in plan for r in p['runs'])
-  # DoReMi: a reference and a proxy run of 3/7 of the budget each, plus a third of a token per
-  # proxy token for the reference's forwards: the budget, up to the rounding to sequences.
+  # No proxy run trains more than the largest DDO budget (16,384 here, while 3/7 of the budget
+  # would be 107k: over the target). DoReMi: a reference and a proxy run of that size, plus a
+  # third of a token per proxy token for the reference's forwards.
+  cap = 16384
   doremi = json.loads((tmp_path / 'doremi' / 'plan.json').read_text())
   runs = {k: json.loads((tmp_path / 'runs' / v / 'result.json').read_text())
           for k, v in doremi['runs'].items()}
   ref_tokens, proxy_tokens = (sum(runs[k]['trained_tokens']) for k in ('reference', 'proxy'))
-  assert ref_tokens == proxy_tokens == 3 * ddo_tokens // 7 // c.data.seq_len * c.data.seq_len
+  assert ref_tokens == proxy_tokens == cap < 3 * ddo_tokens // 7
   assert doremi['proxy_tokens'] == round(ref_tokens + proxy_tokens * 4 / 3)
-  assert abs(doremi['proxy_tokens'] - ddo_tokens) <= 3 * c.data.seq_len
   swarm = json.loads((tmp_path / 'swarm' / 'plan.json').read_text())
-  swarm_tokens = sum(sum(json.loads((tmp_path / 'runs' / r['fingerprint'] / 'result.json')
-                                    .read_text())['trained_tokens']) for r in swarm['runs'])
-  assert abs(swarm_tokens - ddo_tokens) <= 8 * c.data.seq_len  # 8 runs of ddo_tokens / 8
+  trained = [sum(json.loads((tmp_path / 'runs' / r['fingerprint'] / 'result.json')
+                            .read_text())['trained_tokens']) for r in swarm['runs']]
+  assert trained == [cap] * 8  # 8 runs of min(ddo_tokens / 8, cap)
+  swarm_tokens = sum(trained)
   spent = {'autoscale': ddo_tokens, 'reuse': ddo_tokens, 'regmix': swarm_tokens,
            'mixing_law': swarm_tokens, 'doremi': doremi['proxy_tokens']}
   assert summary['proxy_tokens'] == {m: spent.get(m, 0) for m in methods}
@@ -76,3 +78,16 @@ def test_compare_mode_runs_every_method_and_reports_them(tmp_path):
   assert (tmp_path / 'report' / 'methods.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   for m in methods:
     assert f'| {m}' in report
+
+
+def test_proxy_runs_are_sized_by_the_budget_and_capped_at_the_largest_ddo_budget():
+  c = tiny.get_config()  # DDO budgets 8,192 and 16,384
+  budget = 250_624
+  assert compare.run_tokens(c) == 16_384
+  assert compare.swarm_size(c, budget) == (15, 16_384)  # as many as the budget buys
+  assert compare.doremi_tokens(c, budget) == 16_384  # 3/7 of the budget (107,410) capped
+  c.compare.swarm_runs = 32
+  assert compare.swarm_size(c, budget) == (32, 7_832)  # the budget split, under the cap
+  c.compare.swarm_runs, c.compare.proxy_run_tokens = 0, 200_000
+  assert compare.swarm_size(c, budget) == (2, 125_312)  # never fewer than 2 runs
+  assert compare.doremi_tokens(c, budget) == 107_410

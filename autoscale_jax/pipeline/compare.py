@@ -2,11 +2,13 @@
 at the targets with the same seeds, trainer, sampler and validation sets.
 
 Every learned method may spend compare.proxy_tokens training tokens on proxy runs (default: what
-AutoScale's DDO budgets cost). AutoScale and reuse spend them on the DDO stages; RegMix and the
-Data Mixing Law share one swarm of short runs at random mixtures (swarm/plan.json, the runs in
-runs/), which costs the same; DoReMi a reference run and a proxy run of 3/7 of them each, its
-reference forwards counted a third of a token each (doremi/plan.json); the heuristics and fixed
-mixtures spend nothing. Identical mixtures are the same runs and train once.
+AutoScale's DDO budgets cost), and no single proxy run trains more than compare.proxy_run_tokens
+(default: the largest DDO budget), so every method's proxies are as far below the target as
+AutoScale's. AutoScale and reuse spend them on the DDO stages; RegMix and the Data Mixing Law
+share one swarm of runs at random mixtures (swarm/plan.json, the runs in runs/), as many as the
+budget buys at that size; DoReMi a reference run and a proxy run of 3/7 of them each (capped),
+its reference forwards counted a third of a token each (doremi/plan.json); the heuristics and
+fixed mixtures spend nothing. Identical mixtures are the same runs and train once.
 
 Writes compare/methods.json (every method's weights at every target, its proxy tokens) and
 compare/<tokens>.json per target (every method's seeds, verdicts against uniform).
@@ -55,7 +57,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   """compare's numbers and choices, before anything trains."""
   c = config.compare
   check_number(c.proxy_tokens, 'config.compare.proxy_tokens', least=0)
-  check_number(c.swarm_runs, 'config.compare.swarm_runs', least=2, whole=True)
+  check_number(c.proxy_run_tokens, 'config.compare.proxy_run_tokens', least=0, whole=True)
+  check_number(c.swarm_runs, 'config.compare.swarm_runs', least=0, whole=True)
+  if c.swarm_runs == 1:
+    raise ConfigError('config.compare.swarm_runs is 1; it must be a whole number >= 2 (a '
+                      'regression needs several mixtures), or 0 for as many as the budget buys.')
   check_number(c.swarm_concentration, 'config.compare.swarm_concentration', more_than=0)
   check_number(c.regmix_samples, 'config.compare.regmix_samples', least=1, whole=True)
   check_number(c.regmix_top_k, 'config.compare.regmix_top_k', least=1, whole=True)
@@ -74,31 +80,51 @@ def check(config: ml_collections.ConfigDict) -> None:
                       "or 'lightgbm'.")
 
 
+def run_tokens(config: ml_collections.ConfigDict) -> int:
+  """The most tokens one swarm or DoReMi run trains (compare.proxy_run_tokens)."""
+  return int(config.compare.proxy_run_tokens) or ddo.budgets(config)[-1]
+
+
+def swarm_size(config: ml_collections.ConfigDict, proxy_tokens: int) -> tuple[int, int]:
+  """(runs, tokens per run) of the swarm: compare.swarm_runs runs, or (0) as many as the budget
+  buys at run_tokens each; each gets its share of the budget, at most run_tokens."""
+  cap = run_tokens(config)
+  n = int(config.compare.swarm_runs) or max(2, proxy_tokens // cap)
+  return n, min(proxy_tokens // n, cap)
+
+
+def doremi_tokens(config: ml_collections.ConfigDict, proxy_tokens: int) -> int:
+  """Tokens of DoReMi's reference run and of its proxy run: 3/7 of the budget each
+  (reference + proxy + a third of the proxy's tokens for the reference's forwards = the
+  budget), at most run_tokens."""
+  return min(3 * proxy_tokens // 7, run_tokens(config))
+
+
 def swarm_plan(exp: Experiment, proxy_tokens: int) -> tuple[np.ndarray, list[RunSpec]]:
-  """compare.swarm_runs mixtures drawn from a Dirichlet around the prior (seeded by
-  config.seed), each trained for proxy_tokens / swarm_runs tokens with the config's seed."""
+  """Mixtures drawn from a Dirichlet around the prior (seeded by config.seed), as many and as
+  long as swarm_size says, each trained with the config's seed."""
   c = exp.config.compare
   m = len(exp.mix_names)
   natural = exp.natural[exp.trainable]
   prior = natural / natural.sum() if c.swarm_prior == 'natural' else np.full(m, 1.0 / m)
+  n, tokens = swarm_size(exp.config, proxy_tokens)
   rng = np.random.default_rng(int(exp.config.seed))
-  mixtures = rng.dirichlet(float(c.swarm_concentration) * m * prior, int(c.swarm_runs))
-  tokens = proxy_tokens // int(c.swarm_runs)
+  mixtures = rng.dirichlet(float(c.swarm_concentration) * m * prior, n)
   specs = [RunSpec(f'swarm {i}', exp.full(counts_from_weights(w, tokens, exp.seq_len)),
                    int(exp.config.seed)) for i, w in enumerate(mixtures)]
   return mixtures, specs
 
 
 def doremi_plan(exp: Experiment, proxy_tokens: int) -> tuple[RunSpec, RunSpec, int, np.ndarray]:
-  """DoReMi's reference run (compare.doremi_reference) and proxy run (uniform), 3/7 of
-  `proxy_tokens` each (reference + proxy + a third of the proxy's tokens for the reference's
-  forwards = the budget), what they spend by that count, and the reference weights."""
+  """DoReMi's reference run (compare.doremi_reference) and proxy run (uniform) of
+  doremi_tokens each, what they spend (the reference's forwards a third of a token each), and
+  the reference weights."""
   c = exp.config.compare
   m = len(exp.mix_names)
   natural = exp.natural[exp.trainable]
   reference = resolve_weights(c.doremi_reference, exp.mix_names, natural,
                               'config.compare.doremi_reference')
-  tokens = 3 * proxy_tokens // 7
+  tokens = doremi_tokens(exp.config, proxy_tokens)
   ref = RunSpec('reference', exp.full(counts_from_weights(reference, tokens, exp.seq_len)),
                 int(exp.config.seed))
   proxy = exp.doremi_spec('proxy',
@@ -113,7 +139,7 @@ def _doremi(exp: Experiment, budget: int) -> tuple[np.ndarray, int]:
   """DoReMi's answer over the mixture's domains (the proxy's mean weights) and its spend."""
   ref, proxy, spent, reference = doremi_plan(exp, budget)
   for spec in (ref, proxy):
-    exp.check_run(spec, 'config.compare.proxy_tokens (DoReMi)')
+    exp.check_run(spec, 'config.compare.proxy_tokens / proxy_run_tokens (DoReMi)')
   write_json(exp.workdir / 'doremi' / 'plan.json', {
       'domains': exp.mix_names, 'proxy_tokens': spent,
       'reference_weights': reference.tolist(),
@@ -182,7 +208,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
         'domains': exp.mix_names, 'proxy_tokens': swarm_tokens, 'mixtures': mixtures.tolist(),
         'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name} for s in specs]})
     for spec in specs:
-      exp.check_run(spec, 'config.compare.swarm_runs')
+      exp.check_run(spec, 'config.compare.swarm_runs / proxy_run_tokens')
     swarm_results = exp.train(specs, f'swarm ({len(specs)} runs)')
   natural = exp.natural[exp.trainable]
   summaries, table = [], {}

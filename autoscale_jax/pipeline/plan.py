@@ -75,13 +75,13 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
         config, names, np.ones(len(names)), trainable, seq_len)
     if set(compare.SWARM) & set(chosen):
       even, _ = mixture('uniform', 'config.compare')
-      for i in range(int(config.compare.swarm_runs)):
-        add('swarm', f'swarm {i} (Dirichlet mixture)',
-            counts_from_weights(even, proxy // int(config.compare.swarm_runs), seq_len))
+      n, tokens = compare.swarm_size(config, proxy)
+      for i in range(n):
+        add('swarm', f'swarm {i} (Dirichlet mixture)', counts_from_weights(even, tokens, seq_len))
     if 'doremi' in chosen:
       ref, note = mixture(config.compare.doremi_reference, 'config.compare.doremi_reference')
       even, _ = mixture('uniform', 'config.compare')
-      tokens = 3 * proxy // 7
+      tokens = compare.doremi_tokens(config, proxy)
       add('doremi', f'doremi reference{note}', counts_from_weights(ref, tokens, seq_len))
       add('doremi', 'doremi proxy (uniform batches, reweighted loss; + reference forwards)',
           counts_from_weights(even, tokens, seq_len))
@@ -95,8 +95,8 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
                   if name in ('natural', 'temperature', 'unimax') else '')
           add(f'compare {t:,}', run_label(name, s, len(seeds)) + note,
               counts_from_weights(even, t, seq_len))
-    out(f'compare: every learned method may spend {proxy:,} proxy tokens; identical mixtures '
-        'train once.')
+    out(f'compare: every learned method may spend {proxy:,} proxy tokens, at most '
+        f'{compare.run_tokens(config):,} per run; identical mixtures train once.')
   if config.mode in ('predict', 'autoscale'):
     out('predict: targets ' + ', '.join(f'{t:,}' for t in predict.targets(config)) + ' tokens')
   _table(rows, names, out)
