@@ -366,7 +366,7 @@ def report_section() -> str:
               f'{d["replicates"]} replicates) trained {ddo_tokens:,.0f} tokens, '
               f'{ddo_tokens / target:.2f}x one target run of {target:,}; interval noise '
               f"{d['prediction']['noise']['source']} (sigma "
-              f"{d['prediction']['noise']['sigma']:.3g}); domains on a bound: "
+              f"{d['prediction']['noise']['sigma']:.3g}); predict.pinned = "
               f"{d['prediction']['pinned']}.", '']
   reading = SUMMARIES / 'reading.md'  # the plain reading, written by hand from the numbers
   if reading.exists():
