@@ -188,7 +188,8 @@ def test_warmup_ratio_is_a_share_of_each_run_rounded_up(total, expected):
   cfg.warmup_steps = 20  # a fixed count overrides the ratio
   assert float(optim.warmup_steps(cfg, total)) == 20
   cfg.warmup_ratio = 1.0
-  with pytest.raises(ConfigError, match=r'config\.train\.warmup_ratio is 1\.0; it must be in'):
+  with pytest.raises(ConfigError,
+                     match=r'train\.warmup_ratio is 1\.0; it must be a number >= 0 and < 1'):
     optim.check_optimizer(cfg)
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from autoscale_jax.errors import ConfigError
+from autoscale_jax.errors import ConfigError, check_number
 
 SCHEDULES = ('cosine', 'linear', 'constant')
 
@@ -25,35 +25,13 @@ def check_schedule(cfg: ml_collections.ConfigDict) -> None:
 def check_optimizer(cfg: ml_collections.ConfigDict) -> None:
   """Refuses optimizer settings that cannot train (before any data or compile work)."""
   check_schedule(cfg)
-
-  def bad(field: str, rule: str):
-    return ConfigError(f'config.train.{field} is {cfg[field]!r}; it must be {rule}.')
-
-  def number(field: str) -> float:
-    try:
-      value = float(cfg[field])
-    except (TypeError, ValueError):
-      raise bad(field, 'a number') from None
-    if value != value or value in (float('inf'), float('-inf')):
-      raise bad(field, 'a finite number')
-    return value
-
-  if number('lr') <= 0:
-    raise bad('lr', 'a finite number > 0')
-  if number('warmup_steps') < 0:
-    raise bad('warmup_steps', '>= 0')
-  if not 0 <= number('warmup_ratio') < 1:
-    raise bad('warmup_ratio', 'in [0, 1)')
-  if not 0 <= number('min_lr_ratio') <= 1:
-    raise bad('min_lr_ratio', 'in [0, 1]')
-  for field in ('b1', 'b2'):
-    if not 0 <= number(field) < 1:
-      raise bad(field, 'in [0, 1)')
-  if number('eps') < 0:
-    raise bad('eps', '>= 0')
-  for field in ('weight_decay', 'clip_norm'):
-    if number(field) < 0:
-      raise bad(field, '>= 0 (0 disables it)')
+  for field, bounds in (('lr', {'more_than': 0}), ('warmup_steps', {'least': 0, 'whole': True}),
+                        ('warmup_ratio', {'least': 0, 'below': 1}),
+                        ('min_lr_ratio', {'least': 0, 'most': 1}),
+                        ('b1', {'least': 0, 'below': 1}), ('b2', {'least': 0, 'below': 1}),
+                        ('eps', {'least': 0}), ('weight_decay', {'least': 0}),
+                        ('clip_norm', {'least': 0})):  # weight_decay, clip_norm: 0 disables
+    check_number(cfg[field], f'config.train.{field}', **bounds)
 
 
 def warmup_steps(cfg: ml_collections.ConfigDict, total_steps):
