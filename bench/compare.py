@@ -60,10 +60,15 @@ def run(workdir: epath.Path, world: str = '') -> dict:
                   'objective': confidence.mean_interval([s['objective'] for s in r['seeds']]),
                   'vs_uniform': None if v is None else v['objective'],
                   'tokens_saved': None if v is None else v['tokens_saved']}
+  plans = {name: json.loads((workdir / name / 'plan.json').read_text())
+           for name in ('swarm', 'doremi') if (workdir / name / 'plan.json').exists()}
+  sizes = {'swarm_runs': len(plans['swarm']['runs']) if 'swarm' in plans else 0,
+           'swarm_run_tokens': max(plans['swarm']['run_tokens']) if 'swarm' in plans else 0,
+           'doremi_run_tokens': plans['doremi']['run_tokens'] if 'doremi' in plans else 0}
   return {'command': _common.command(), 'machine': _common.machine(), 'load': _common.load(),
           'wall_min': round((time.time() - start) / 60, 1), 'world': world,
           'finished': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'target': target,
-          'seeds': c['seeds'], 'domains': c['mixture_domains'], 'methods': methods}
+          'seeds': c['seeds'], 'domains': c['mixture_domains'], 'methods': methods, **sizes}
 
 
 def _span(d: dict, fmt: str) -> str:
@@ -76,7 +81,10 @@ def report_section(s: dict) -> list[str]:
   lines = [f"Summary: bench/results/compare/compare.json (`{s['command']}`, {s['finished']}, "
            f"{s['wall_min']} min of this invocation; load {s['load']}). Target "
            f"{s['target']:,} tokens, {len(s['seeds'])} seeds per method; the scale study's "
-           'corpus, model and DDO budgets.', '',
+           f"corpus, model and DDO budgets. The swarm RegMix and the mixing law share: "
+           f"{s['swarm_runs']} runs of {s['swarm_run_tokens']:,} tokens; DoReMi: a reference and "
+           f"a proxy run of {s['doremi_run_tokens']:,} tokens. No proxy run trains more than the "
+           'larger DDO budget, so the target is at least 4x every proxy run.', '',
            '| method | proxy tokens | objective [95%] | vs uniform [95%] | verdict | '
            'tokens saved vs uniform |', '|---|---|---|---|---|---|']
   ranked = sorted(s['methods'].items(), key=lambda kv: kv[1]['objective']['mean'])

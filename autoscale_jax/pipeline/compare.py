@@ -142,6 +142,7 @@ def _doremi(exp: Experiment, budget: int) -> tuple[np.ndarray, int]:
     exp.check_run(spec, 'config.compare.proxy_tokens / proxy_run_tokens (DoReMi)')
   write_json(exp.workdir / 'doremi' / 'plan.json', {
       'domains': exp.mix_names, 'proxy_tokens': spent,
+      'run_tokens': int(proxy.counts.sum()) * exp.seq_len,
       'reference_weights': reference.tolist(),
       'runs': {'reference': exp.run_dir(ref).name, 'proxy': exp.run_dir(proxy).name}})
   exp.train([ref], 'doremi')
@@ -206,6 +207,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
     spent.update({m: swarm_tokens for m in SWARM if m in chosen})
     write_json(workdir / 'swarm' / 'plan.json', {
         'domains': exp.mix_names, 'proxy_tokens': swarm_tokens, 'mixtures': mixtures.tolist(),
+        'run_tokens': [int(s.counts.sum()) * exp.seq_len for s in specs],
         'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name} for s in specs]})
     for spec in specs:
       exp.check_run(spec, 'config.compare.swarm_runs / proxy_run_tokens')
