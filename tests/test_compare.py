@@ -50,6 +50,8 @@ def test_compare_mode_runs_every_method_and_reports_them(tmp_path):
   assert runs['proxy']['doremi']['reference'] == doremi['runs']['reference']
   assert np.abs(answer - 0.25).max() > 0.01
   assert len(swarm['runs']) == 8 and swarm['proxy_tokens'] == swarm_tokens
+  assert summary['proxy_runs'] == {'ddo_budgets': [8192, 16384], 'doremi': cap,
+                                   'swarm': {'runs': 8, 'tokens': cap}}
   # The data are ample at the target: UniMax is uniform, so it is the same run, trained once.
   assert summary['same_as'] == {'unimax': 'uniform'}
   assert [s['fingerprint'] for s in summary['runs']['unimax']['seeds']] == [
@@ -78,6 +80,8 @@ def test_compare_mode_runs_every_method_and_reports_them(tmp_path):
   assert (tmp_path / 'report' / 'methods.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   for m in methods:
     assert f'| {m}' in report
+  assert ('Proxy runs: DDO at 8,192, 16,384 tokens; the swarm 8 runs of 16,384; DoReMi a '
+          'reference and a proxy run of 16,384.') in report
 
 
 def test_proxy_runs_are_sized_by_the_budget_and_capped_at_the_largest_ddo_budget():

@@ -135,8 +135,9 @@ def doremi_plan(exp: Experiment, proxy_tokens: int) -> tuple[RunSpec, RunSpec, i
   return ref, proxy, int(round(spent)), reference
 
 
-def _doremi(exp: Experiment, budget: int) -> tuple[np.ndarray, int]:
-  """DoReMi's answer over the mixture's domains (the proxy's mean weights) and its spend."""
+def _doremi(exp: Experiment, budget: int) -> tuple[np.ndarray, int, int]:
+  """DoReMi's answer over the mixture's domains (the proxy's mean weights), its spend and the
+  tokens of each of its two runs."""
   ref, proxy, spent, reference = doremi_plan(exp, budget)
   for spec in (ref, proxy):
     exp.check_run(spec, 'config.compare.proxy_tokens / proxy_run_tokens (DoReMi)')
@@ -148,7 +149,7 @@ def _doremi(exp: Experiment, budget: int) -> tuple[np.ndarray, int]:
   exp.train([ref], 'doremi')
   (result,) = exp.train([proxy], 'doremi')
   weights = np.asarray(result['doremi']['weights_mean'])[exp.trainable]
-  return weights / weights.sum(), spent
+  return weights / weights.sum(), spent, int(proxy.counts.sum()) * exp.seq_len
 
 
 def _upper(exp: Experiment, target: int) -> np.ndarray:
@@ -194,17 +195,20 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
   # What each method trained on proxies, as counted (its runs' tokens): AutoScale's DDO follows
   # ddo.budgets, not compare.proxy_tokens.
   spent = {m: ddo_tokens if m in ('autoscale', 'reuse') else 0 for m in chosen}
+  run_sizes: dict = {'ddo_budgets': ddo.budgets(config)}  # how long the proxy runs are
   predictions = None
   if {'autoscale', 'reuse'} & set(chosen):
     predictions = predict.run(config, workdir, ddo.run(exp))
   doremi_weights = None
   if 'doremi' in chosen:
-    doremi_weights, spent['doremi'] = _doremi(exp, budget)
+    doremi_weights, spent['doremi'], run_sizes['doremi'] = _doremi(exp, budget)
   swarm_results = None
   if set(SWARM) & set(chosen):
     mixtures, specs = swarm_plan(exp, budget)
     swarm_tokens = sum(int(s.counts.sum()) for s in specs) * exp.seq_len
     spent.update({m: swarm_tokens for m in SWARM if m in chosen})
+    run_sizes['swarm'] = {'runs': len(specs),
+                          'tokens': max(int(s.counts.sum()) for s in specs) * exp.seq_len}
     write_json(workdir / 'swarm' / 'plan.json', {
         'domains': exp.mix_names, 'proxy_tokens': swarm_tokens, 'mixtures': mixtures.tolist(),
         'run_tokens': [int(s.counts.sum()) * exp.seq_len for s in specs],
@@ -244,6 +248,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
             for m in answers}
     summary = {'target': target, 'domains': exp.names, 'mixture_domains': exp.mix_names,
                'seeds': validate.seeds(config), 'reference': REFERENCE, 'proxy_tokens': spent,
+               'proxy_runs': run_sizes,
                'same_as': {m: o for m, o in same.items() if o != m}, 'runs': runs,
                'verdicts': {m: verdicts.pair(r, runs[REFERENCE], exp.names)
                             for m, r in runs.items() if m != REFERENCE},

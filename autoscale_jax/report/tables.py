@@ -208,6 +208,18 @@ def verdicts(results: Results) -> list[str]:
   return out + ['']
 
 
+def _proxy_runs(sizes: dict | None) -> list[str]:
+  """How long each method's proxy runs were (absent from results of older versions)."""
+  if not sizes:
+    return []
+  parts = ['DDO at ' + ', '.join(f'{b:,}' for b in sizes['ddo_budgets']) + ' tokens']
+  if 'swarm' in sizes:
+    parts.append(f"the swarm {sizes['swarm']['runs']} runs of {sizes['swarm']['tokens']:,}")
+  if 'doremi' in sizes:
+    parts.append(f"DoReMi a reference and a proxy run of {sizes['doremi']:,}")
+  return ['Proxy runs: ' + '; '.join(parts) + '.', '']
+
+
 def comparison(results: Results) -> list[str]:
   """mode=compare: every method's answer against uniform, at equal proxy compute."""
   if not results.comparisons:
@@ -221,6 +233,7 @@ def comparison(results: Results) -> list[str]:
   for c in results.comparisons:
     n, target = len(c['seeds']), c['target']
     out += [f"### {tokens(target)} tokens ({target:,}), {n} seed{'s' if n > 1 else ''}", '']
+    out += _proxy_runs(c.get('proxy_runs'))
     rows = []
     for m, r in c['runs'].items():
       mean = confidence.mean_interval([s['objective'] for s in r['seeds']])
