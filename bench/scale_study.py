@@ -352,11 +352,12 @@ def report_section() -> str:
               f"({c['kind']}): AutoScale {c['l1_predicted']:.3f}; the "
               f"{c['nearest_below']['budget']:,}-token optimum reused "
               f"{c['l1_reused']:.3f}.", '',
-              '| domain | DDO at target | AutoScale | reused |', '|---|---|---|---|']
+              '| domain | DDO at target | AutoScale (extrapolate) | AutoScale (hold) | reused |',
+              '|---|---|---|---|---|']
+    modes = have['direct']['pinned_modes']
     for i, d in enumerate(c['domains']):
       lines.append(f"| {d} | {c['ddo'][i]:.3f} | {c['predicted'][i]:.3f} | "
-                   f"{c['nearest_below']['weights'][i]:.3f} |")
-    modes = have['direct']['pinned_modes']
+                   f"{modes['hold']['weights'][i]:.3f} | {c['nearest_below']['weights'][i]:.3f} |")
     lines += ['', 'predict.pinned on the same DDO results, L1 to the DDO at the target: '
               + ', '.join(f"{mode} {r['l1']:.3f}" for mode, r in modes.items()) + '.', '']
   if 'ddo' in have:
