@@ -14,6 +14,8 @@ Stages: `compare` (everything; pauses at --max-minutes like a preempted job and 
 resumes it; its summary bench/results/compare/compare.json is written when it completes), then
 `report` (the bench/RESULTS.md section from the summary).
 
+Needs the regmix extra (LightGBM): pip install -e ".[regmix]".
+
   python bench/compare.py --workdir=/tmp/scale_study [--stage=next|compare|report]
       [--max-minutes=75]
 """
@@ -41,6 +43,9 @@ def compare_config(world: str = ''):
   c = scale_study.pipeline_config('validate')
   c.mode = 'compare'
   c.world = world
+  # RegMix's own regressor (the paper's choice; pip install -e ".[regmix]"). A linear fit of the
+  # mean perplexity, which blows up where a domain is starved, has its optimum at a vertex.
+  c.compare.regmix_regressor = 'lightgbm'
   return c
 
 
@@ -64,7 +69,8 @@ def run(workdir: epath.Path, world: str = '') -> dict:
            for name in ('swarm', 'doremi') if (workdir / name / 'plan.json').exists()}
   sizes = {'swarm_runs': len(plans['swarm']['runs']) if 'swarm' in plans else 0,
            'swarm_run_tokens': max(plans['swarm']['run_tokens']) if 'swarm' in plans else 0,
-           'doremi_run_tokens': plans['doremi']['run_tokens'] if 'doremi' in plans else 0}
+           'doremi_run_tokens': plans['doremi']['run_tokens'] if 'doremi' in plans else 0,
+           'regmix_regressor': config.compare.regmix_regressor}
   return {'command': _common.command(), 'machine': _common.machine(), 'load': _common.load(),
           'wall_min': round((time.time() - start) / 60, 1), 'world': world,
           'finished': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'target': target,
@@ -84,7 +90,8 @@ def report_section(s: dict) -> list[str]:
            f"corpus, model and DDO budgets. The swarm RegMix and the mixing law share: "
            f"{s['swarm_runs']} runs of {s['swarm_run_tokens']:,} tokens; DoReMi: a reference and "
            f"a proxy run of {s['doremi_run_tokens']:,} tokens. No proxy run trains more than the "
-           'larger DDO budget, so the target is at least 4x every proxy run.', '',
+           f"larger DDO budget, so the target is at least 4x every proxy run. RegMix's regressor: "
+           f"{s['regmix_regressor']}.", '',
            '| method | proxy tokens | objective [95%] | vs uniform [95%] | verdict | '
            'tokens saved vs uniform |', '|---|---|---|---|---|---|']
   ranked = sorted(s['methods'].items(), key=lambda kv: kv[1]['objective']['mean'])
