@@ -239,6 +239,36 @@ def restore_budgets(workdir: epath.Path, budgets) -> None:
       print(f'restored budgets/{b}/ from {summary_path("ddo").relative_to(_common.ROOT)}')
 
 
+def finished_runs(workdir: epath.Path) -> set[str]:
+  """Fingerprints of the runs finished in `workdir` (their result.json written)."""
+  return {p.parent.name for p in (workdir / 'runs').glob('*/result.json')}
+
+
+def run_files(workdir: epath.Path, fingerprints) -> dict:
+  """Each run's result.json, for a committed summary (a few KB each): what a later stage on
+  another machine needs instead of training the run again."""
+  return {f: json.loads((workdir / 'runs' / f / 'result.json').read_text())
+          for f in sorted(fingerprints)}
+
+
+def restore_runs(workdir: epath.Path, summaries) -> None:
+  """Finished runs back into an empty workdir from committed summaries' run files: a run with
+  its result.json is never trained again (its checkpoints are not kept, so a restored run
+  cannot be evaluated downstream). A run with the same fingerprint already there is kept."""
+  restored = 0
+  for s in summaries:
+    for f, record in s.get('run_files', {}).items():
+      path = workdir / 'runs' / f / 'result.json'
+      if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix('.tmp')
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+        restored += 1
+  if restored:
+    print(f'restored {restored} finished runs from committed summaries')
+
+
 def run_pipeline(stage: str, workdir: epath.Path) -> dict:
   start = time.time()
   config = pipeline_config(stage)

@@ -181,8 +181,10 @@ def _swarm_answers(exp: Experiment, mixtures: np.ndarray, results: list[dict], t
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
-  """Every method's mixture at every target, validated with validate.seeds seeds."""
+def mixtures(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[Experiment, dict]:
+  """Every method's proxy runs (trained, or found finished) and its mixture at every target:
+  the experiment and {'answers': {target: {method: weights}}, 'proxy_tokens': tokens each method
+  spent, 'proxy_runs': how long its runs were}. Trains no validation run."""
   check(config)
   chosen = methods(config)
   targets = validate.targets(config)
@@ -204,21 +206,21 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
     doremi_weights, spent['doremi'], run_sizes['doremi'] = _doremi(exp, budget)
   swarm_results = None
   if set(SWARM) & set(chosen):
-    mixtures, specs = swarm_plan(exp, budget)
+    swarm, specs = swarm_plan(exp, budget)
     swarm_tokens = sum(int(s.counts.sum()) for s in specs) * exp.seq_len
     spent.update({m: swarm_tokens for m in SWARM if m in chosen})
     run_sizes['swarm'] = {'runs': len(specs),
                           'tokens': max(int(s.counts.sum()) for s in specs) * exp.seq_len}
     write_json(workdir / 'swarm' / 'plan.json', {
-        'domains': exp.mix_names, 'proxy_tokens': swarm_tokens, 'mixtures': mixtures.tolist(),
+        'domains': exp.mix_names, 'proxy_tokens': swarm_tokens, 'mixtures': swarm.tolist(),
         'run_tokens': [int(s.counts.sum()) * exp.seq_len for s in specs],
         'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name} for s in specs]})
     for spec in specs:
       exp.check_run(spec, 'config.compare.swarm_runs / proxy_run_tokens')
     swarm_results = exp.train(specs, f'swarm ({len(specs)} runs)')
   natural = exp.natural[exp.trainable]
-  summaries, table = [], {}
-  for k, target in enumerate(targets):
+  table: dict[int, dict[str, np.ndarray]] = {}
+  for target in targets:
     answers: dict[str, np.ndarray] = {}
     for m in chosen:
       if m == 'autoscale':
@@ -236,19 +238,27 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
       elif m in baselines:
         answers[m] = baselines[m]
     if swarm_results is not None:
-      answers.update(_swarm_answers(exp, mixtures, swarm_results, target, chosen))
-    answers = {m: answers[m] for m in chosen}
+      answers.update(_swarm_answers(exp, swarm, swarm_results, target, chosen))
+    table[target] = {m: answers[m] for m in chosen}
+  return exp, {'answers': table, 'proxy_tokens': spent, 'proxy_runs': run_sizes}
+
+
+def run(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[dict]:
+  """Every method's mixture at every target, validated with validate.seeds seeds."""
+  exp, found = mixtures(config, workdir)
+  spent, table, summaries = found['proxy_tokens'], {}, []
+  for k, (target, answers) in enumerate(found['answers'].items()):
     for m, w in answers.items():
       logging.info('[compare @ %s] %s: %s', f'{target:,}', m, format_weights(exp.mix_names, w))
     runs = validate.train_mixtures(exp, answers, target,
-                                   f'compare {k + 1}/{len(targets)} @ {target:,} tokens')
+                                   f'compare {k + 1}/{len(found["answers"])} @ {target:,} tokens')
     # Identical mixtures are one run; name each after the reference or natural when it is one.
     order = sorted(answers, key=lambda o: (o != REFERENCE, o != 'natural'))
     same = {m: next(o for o in order if np.allclose(answers[o], answers[m], atol=1e-9))
             for m in answers}
     summary = {'target': target, 'domains': exp.names, 'mixture_domains': exp.mix_names,
-               'seeds': validate.seeds(config), 'reference': REFERENCE, 'proxy_tokens': spent,
-               'proxy_runs': run_sizes,
+               'seeds': validate.seeds(exp.config), 'reference': REFERENCE, 'proxy_tokens': spent,
+               'proxy_runs': found['proxy_runs'],
                'same_as': {m: o for m, o in same.items() if o != m}, 'runs': runs,
                'verdicts': {m: verdicts.pair(r, runs[REFERENCE], exp.names)
                             for m, r in runs.items() if m != REFERENCE},
