@@ -141,13 +141,17 @@ def _span(d: dict, fmt: str) -> str:
 
 
 def report_section(s: dict) -> list[str]:
-  lines = [f"Summary: bench/results/compare/compare.json (`{s['command']}`, {s['finished']}, "
-           f"{s['wall_min']} min of this invocation; load {s['load']}). Target "
-           f"{s['target']:,} tokens, {len(s['seeds'])} seeds per method; the scale study's "
-           f"corpus, model and DDO budgets. The swarm RegMix and the mixing law share: "
-           f"{s['swarm_runs']} runs of {s['swarm_run_tokens']:,} tokens; DoReMi: a reference and "
-           f"a proxy run of {s['doremi_run_tokens']:,} tokens. No proxy run trains more than the "
-           f"larger DDO budget, so the target is at least 4x every proxy run. RegMix's regressor: "
+  stages = [json.loads(summary_path(st).read_text()) for st in STAGES[:-1]
+            if summary_path(st).exists()]
+  lines = ['Corpus, model and DDO budgets: the scale study\'s (above). Each stage wrote '
+           'bench/results/compare/<stage>.json (with the result.json of every run it trained):', '']
+  lines += [f"- {st['stage']}: `{st['command']}` ({st['finished']}, {st['wall_min']} min; load "
+            f"{st['load']})" for st in stages]
+  lines += ['', f"Target {s['target']:,} tokens, {len(s['seeds'])} seeds per method. The swarm "
+           f"RegMix and the mixing law share: {s['swarm_runs']} runs of "
+           f"{s['swarm_run_tokens']:,} tokens; DoReMi: a reference and a proxy run of "
+           f"{s['doremi_run_tokens']:,} tokens. No proxy run trains more than the larger DDO "
+           f"budget, so the target is at least 4x every proxy run. RegMix's regressor: "
            f"{s['regmix_regressor']}.", '',
            '| method | proxy tokens | objective [95%] | vs uniform [95%] | verdict | '
            'tokens saved vs uniform |', '|---|---|---|---|---|---|']
@@ -158,7 +162,8 @@ def report_section(s: dict) -> list[str]:
                                    else f"{100 * t['value']:.1f}%")
     name = f"{m} (= {r['same_as']})" if r['same_as'] else m
     lines.append(f"| {name} | "
-                 f"{r['proxy_tokens']:,} | {o['mean']:.2f} {_span(o, '.2f')} | "
+                 f"{r['proxy_tokens']:,} ({r['proxy_tokens'] / s['target']:.2f}x target) | "
+                 f"{o['mean']:.2f} {_span(o, '.2f')} | "
                  f"{'-' if v is None else format(v['mean'], '+.2f') + ' ' + _span(v, '+.2f')} | "
                  f"{'-' if v is None else v['verdict']} | {saved} |")
   lines += ['', '| method | ' + ' | '.join(s['domains']) + ' |',

@@ -203,6 +203,9 @@ CASES = [
      r"config\.compare\.doremi_reference is 'pile'; use 'uniform', 'natural' or a dict"),
     ('compare_swarm_too_small', _set(mode='compare', compare__swarm_runs=1),
      r'config\.compare\.swarm_runs is 1; it must be a whole number >= 2'),
+    ('compare_swarm_below_the_mixing_law', _set(mode='compare', compare__swarm_runs=3),
+     r'config\.compare\.swarm_runs: the swarm has 3 runs, but the mixing law needs at least '
+     r'm \+ 1 = 5 mixtures'),
     ('validate_eval_every_negative',
      _set(mode='autoscale', validate__enabled=True, validate__eval_every=-5),
      r'config\.validate\.eval_every is -5; it must be a whole number >= 0'),

@@ -198,6 +198,16 @@ def mixtures(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[Ex
   # ddo.budgets, not compare.proxy_tokens.
   spent = {m: ddo_tokens if m in ('autoscale', 'reuse') else 0 for m in chosen}
   run_sizes: dict = {'ddo_budgets': ddo.budgets(config)}  # how long the proxy runs are
+  if set(SWARM) & set(chosen):  # its plan checked before anything trains
+    swarm, specs = swarm_plan(exp, budget)
+    m = len(exp.mix_names)
+    if 'mixing_law' in chosen and len(specs) < m + 1:
+      raise ConfigError(
+          f'config.compare.swarm_runs: the swarm has {len(specs)} runs, but the mixing law needs '
+          f'at least m + 1 = {m + 1} mixtures for {m} domains; set compare.swarm_runs >= {m + 1} '
+          '(or raise compare.proxy_tokens).')
+    for spec in specs:
+      exp.check_run(spec, 'config.compare.swarm_runs / proxy_run_tokens')
   predictions = None
   if {'autoscale', 'reuse'} & set(chosen):
     predictions = predict.run(config, workdir, ddo.run(exp))
@@ -206,7 +216,6 @@ def mixtures(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[Ex
     doremi_weights, spent['doremi'], run_sizes['doremi'] = _doremi(exp, budget)
   swarm_results = None
   if set(SWARM) & set(chosen):
-    swarm, specs = swarm_plan(exp, budget)
     swarm_tokens = sum(int(s.counts.sum()) for s in specs) * exp.seq_len
     spent.update({m: swarm_tokens for m in SWARM if m in chosen})
     run_sizes['swarm'] = {'runs': len(specs),
@@ -215,8 +224,6 @@ def mixtures(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[Ex
         'domains': exp.mix_names, 'proxy_tokens': swarm_tokens, 'mixtures': swarm.tolist(),
         'run_tokens': [int(s.counts.sum()) * exp.seq_len for s in specs],
         'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name} for s in specs]})
-    for spec in specs:
-      exp.check_run(spec, 'config.compare.swarm_runs / proxy_run_tokens')
     swarm_results = exp.train(specs, f'swarm ({len(specs)} runs)')
   natural = exp.natural[exp.trainable]
   table: dict[int, dict[str, np.ndarray]] = {}
