@@ -92,14 +92,22 @@ def test_fit_domains_refuses_misaligned_or_bad_objectives():
 
 
 def _scipy_solve(a, b, total, lower, upper, cost):
-  """Independent reference: SLSQP on the same convex problem, analytic gradient."""
+  """Independent reference: SLSQP on the same convex problem, analytic gradient.
+
+  At ftol 1e-15 SLSQP sometimes stops with status 8 ("positive directional derivative for
+  linesearch"): it has reached float64 precision and no step improves. Which problem does so
+  depends on the BLAS kernels (OPENBLAS_CORETYPE=Sandybridge fails problem 44 here, CI's machine
+  problem 62, at 8e-9 from the optimum). Such a stop is taken only at a feasible point; how close
+  it is to the optimum is what the caller asserts.
+  """
   result = minimize(lambda n: np.sum((n + a)**-b), np.clip(total / cost.sum(), lower, upper),
                     jac=lambda n: -b * (n + a)**(-b - 1), method='SLSQP',
                     bounds=[(lo, None if np.isinf(hi) else hi) for lo, hi in zip(lower, upper)],
                     constraints=[{'type': 'eq', 'fun': lambda n: cost @ n - total,
                                   'jac': lambda n: cost}],
                     options={'ftol': 1e-15, 'maxiter': 1000})
-  assert result.success, result.message
+  precision_stop = result.status == 8 and abs(cost @ result.x - total) <= 1e-9 * total
+  assert result.success or precision_stop, result.message
   return result.x
 
 
