@@ -154,12 +154,11 @@ def report_section(s: dict) -> list[str]:
            f"budget, so the target is at least 4x every proxy run. RegMix's regressor: "
            f"{s['regmix_regressor']}.", '',
            '| method | proxy tokens | objective [95%] | vs uniform [95%] | verdict | '
-           'tokens saved vs uniform |', '|---|---|---|---|---|---|']
+           'tokens saved vs uniform [95%] |', '|---|---|---|---|---|---|']
   ranked = sorted(s['methods'].items(), key=lambda kv: kv[1]['objective']['mean'])
   for m, r in ranked:
     o, v, t = r['objective'], r['vs_uniform'], r['tokens_saved']
-    saved = '-' if t is None else ('not reached' if t['value'] is None
-                                   else f"{100 * t['value']:.1f}%")
+    saved = '-' if t is None else scale_study.tokens_saved_text(t)
     name = f"{m} (= {r['same_as']})" if r['same_as'] else m
     lines.append(f"| {name} | "
                  f"{r['proxy_tokens']:,} ({r['proxy_tokens'] / s['target']:.2f}x target) | "

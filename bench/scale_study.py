@@ -315,6 +315,13 @@ def _fmt_interval(d: dict) -> str:
   return '1 seed' if d['low'] is None else f"[{d['low']:+.2f}, {d['high']:+.2f}]"
 
 
+def tokens_saved_text(ts: dict) -> str:
+  """A tokens-saved record (confidence.tokens_saved) as 'value [low, high]'."""
+  share = [('not reached' if v is None else f'{100 * v:.1f}%')
+           for v in (ts['value'], ts['low'], ts['high'])]
+  return f'{share[0]} [{share[1]}, {share[2]}]'
+
+
 def report_section() -> str:
   """The bench/RESULTS.md section from every summary present (later stages may be missing)."""
   have = {s: json.loads(summary_path(s).read_text()) for s in STAGES[:-1]
@@ -367,13 +374,11 @@ def report_section() -> str:
               '| baseline | predicted | baseline | difference [95%] | relative | verdict | '
               'tokens saved [95%] |', '|---|---|---|---|---|---|---|']
     for name, c in v['verdicts'].items():
-      o, ts = c['objective'], c['tokens_saved']
-      saved = ('not reached' if ts['value'] is None else f"{100 * ts['value']:.1f}%")
-      lo = 'not reached' if ts['low'] is None else f"{100 * ts['low']:.1f}%"
-      hi = 'not reached' if ts['high'] is None else f"{100 * ts['high']:.1f}%"
+      o = c['objective']
       lines.append(f"| {name} | {v['runs']['predicted']['objective']:.2f} | "
                    f"{v['runs'][name]['objective']:.2f} | {o['mean']:+.2f} {_fmt_interval(o)} | "
-                   f"{100 * c['relative']:+.2f}% | {o['verdict']} | {saved} [{lo}, {hi}] |")
+                   f"{100 * c['relative']:+.2f}% | {o['verdict']} | "
+                   f"{tokens_saved_text(c['tokens_saved'])} |")
     lines.append('')
   if 'direct' in have:
     c = have['direct']['check']
