@@ -62,12 +62,6 @@ def compare_config(world: str = '', methods=None):
   return c
 
 
-def _header(stage: str, start: float) -> dict:
-  return {'stage': stage, 'command': _common.command(), 'machine': _common.machine(),
-          'load': _common.load(), 'wall_min': round((time.time() - start) / 60, 1),
-          'finished': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
-
-
 def summary_path(stage: str) -> pathlib.Path:
   return SUMMARIES / f'{stage}.json'
 
@@ -87,7 +81,7 @@ def proxies(workdir: epath.Path) -> dict:
   with lock.workdir_lock(workdir):
     _, found = compare.mixtures(config, workdir)
   (target, answers), = found['answers'].items()
-  return {**_header('proxies', start), 'target': target,
+  return {**scale_study.header('proxies', start), 'target': target,
           'weights': {m: w.tolist() for m, w in answers.items()},
           'proxy_tokens': found['proxy_tokens'], 'proxy_runs': found['proxy_runs'],
           'run_files': scale_study.run_files(workdir, scale_study.finished_runs(workdir) - before)}
@@ -98,7 +92,7 @@ def validate_group(stage: str, workdir: epath.Path) -> dict:
   start, config = time.time(), compare_config(methods=GROUPS[stage])
   before = _restore(workdir, config)
   pipeline.dispatch(config, str(workdir))
-  return {**_header(stage, start), **_methods(workdir, config),
+  return {**scale_study.header(stage, start), **_methods(workdir, config),
           'run_files': scale_study.run_files(workdir, scale_study.finished_runs(workdir) - before)}
 
 
@@ -130,8 +124,9 @@ def run(workdir: epath.Path, world: str = '') -> dict:
            'doremi_run_tokens': plans['doremi']['run_tokens'] if 'doremi' in plans else 0,
            'regmix_regressor': config.compare.regmix_regressor}
   trained = scale_study.finished_runs(workdir) - before
-  return {**_header('compare', start), 'world': world, **_methods(workdir, config), **sizes,
-          'trained_here': len(trained), 'run_files': scale_study.run_files(workdir, trained)}
+  return {**scale_study.header('compare', start), 'world': world, **_methods(workdir, config),
+          **sizes, 'trained_here': len(trained),
+          'run_files': scale_study.run_files(workdir, trained)}
 
 
 def _span(d: dict, fmt: str) -> str:

@@ -104,7 +104,8 @@ def pause_after(minutes: float) -> None:
   timer.start()
 
 
-def _header(stage: str, start: float) -> dict:
+def header(stage: str, start: float) -> dict:
+  """What every stage summary opens with: the command, machine, load and wall time."""
   return {'stage': stage, 'command': _common.command(), 'machine': _common.machine(),
           'load': _common.load(), 'wall_min': round((time.time() - start) / 60, 1),
           'finished': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
@@ -141,7 +142,7 @@ def pilot(workdir: epath.Path) -> dict:
     for d in names:
       entry['val_loss'].setdefault(d, []).append(r['val_loss'][d])
       entry['val_loss_se'].setdefault(d, []).append(r['val_loss_se'][d])
-  summary = {**_header('pilot', start), 'budgets': list(PILOT_BUDGETS), 'seeds': list(PILOT_SEEDS),
+  summary = {**header('pilot', start), 'budgets': list(PILOT_BUDGETS), 'seeds': list(PILOT_SEEDS),
              'factor': PILOT_FACTOR, 'domains': names, 'runs': table}
   summary['analysis'] = analyse_pilot(summary)
   return summary
@@ -275,7 +276,7 @@ def run_pipeline(stage: str, workdir: epath.Path) -> dict:
   if stage != 'ddo':
     restore_budgets(workdir, config.ddo.budgets)
   pipeline.dispatch(config, str(workdir))
-  summary = {**_header(stage, start), 'ddo_budgets': list(config.ddo.budgets),
+  summary = {**header(stage, start), 'ddo_budgets': list(config.ddo.budgets),
              'replicates': int(config.ddo.replicates)}
   predictions = json.loads((workdir / 'autoscale' / 'predictions.json').read_text())
   summary['prediction'] = {k: predictions[k] for k in ('domains', 'optima', 'targets', 'noise',
