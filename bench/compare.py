@@ -39,6 +39,7 @@ import scale_study  # noqa: E402  pylint: disable=g-import-not-at-top
 from autoscale_jax import pipeline  # noqa: E402
 from autoscale_jax.mixing import confidence  # noqa: E402
 from autoscale_jax.pipeline import compare, lock  # noqa: E402
+from autoscale_jax.report import tables  # noqa: E402
 
 SUMMARIES = _common.ROOT / 'bench' / 'results' / 'compare'
 SUMMARY = SUMMARIES / 'compare.json'
@@ -129,12 +130,6 @@ def run(workdir: epath.Path, world: str = '') -> dict:
           'run_files': scale_study.run_files(workdir, trained)}
 
 
-def _span(d: dict, fmt: str) -> str:
-  if d['low'] is None:
-    return '1 seed'
-  return f"[{format(d['low'], fmt)}, {format(d['high'], fmt)}]"
-
-
 def report_section(s: dict) -> list[str]:
   stages = [json.loads(summary_path(st).read_text()) for st in STAGES[:-1]
             if summary_path(st).exists()]
@@ -153,12 +148,13 @@ def report_section(s: dict) -> list[str]:
   ranked = sorted(s['methods'].items(), key=lambda kv: kv[1]['objective']['mean'])
   for m, r in ranked:
     o, v, t = r['objective'], r['vs_uniform'], r['tokens_saved']
-    saved = '-' if t is None else scale_study.tokens_saved_text(t)
+    saved = '-' if t is None else tables.saved_text(t)
+    diff = '-' if v is None else f"{v['mean']:+.2f} {scale_study.interval(v)}"
     name = f"{m} (= {r['same_as']})" if r['same_as'] else m
     lines.append(f"| {name} | "
                  f"{r['proxy_tokens']:,} ({r['proxy_tokens'] / s['target']:.2f}x target) | "
-                 f"{o['mean']:.2f} {_span(o, '.2f')} | "
-                 f"{'-' if v is None else format(v['mean'], '+.2f') + ' ' + _span(v, '+.2f')} | "
+                 f"{o['mean']:.2f} {scale_study.interval(o, '.2f')} | "
+                 f"{diff} | "
                  f"{'-' if v is None else v['verdict']} | {saved} |")
   lines += ['', '| method | ' + ' | '.join(s['domains']) + ' |',
             '|---|' + '---|' * len(s['domains'])]

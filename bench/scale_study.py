@@ -48,6 +48,7 @@ from autoscale_jax import defaults, pipeline  # noqa: E402
 from autoscale_jax.data.mixture import counts_from_weights  # noqa: E402
 from autoscale_jax.mixing import PINNED_MODES, AutoScaleModel, DDOProblem  # noqa: E402
 from autoscale_jax.pipeline import ddo, lock, registry  # noqa: E402
+from autoscale_jax.report import tables  # noqa: E402
 
 SUMMARIES = _common.ROOT / 'bench' / 'results' / 'scale_study'
 STAGES = ('pilot', 'ddo', 'validate', 'at_ddo_budget', 'direct', 'report')
@@ -312,15 +313,9 @@ def run_pipeline(stage: str, workdir: epath.Path) -> dict:
 
 
 # ------------------------------------------------------------------------------ report
-def _fmt_interval(d: dict) -> str:
-  return '1 seed' if d['low'] is None else f"[{d['low']:+.2f}, {d['high']:+.2f}]"
-
-
-def tokens_saved_text(ts: dict) -> str:
-  """A tokens-saved record (confidence.tokens_saved) as 'value [low, high]'."""
-  share = [('not reached' if v is None else f'{100 * v:.1f}%')
-           for v in (ts['value'], ts['low'], ts['high'])]
-  return f'{share[0]} [{share[1]}, {share[2]}]'
+def interval(d: dict, fmt: str = '+.2f') -> str:
+  """A seed interval for the RESULTS tables: '[low, high]', or '1 seed' when there is none."""
+  return '1 seed' if d['low'] is None else f"[{format(d['low'], fmt)}, {format(d['high'], fmt)}]"
 
 
 def report_section() -> str:
@@ -377,9 +372,9 @@ def report_section() -> str:
     for name, c in v['verdicts'].items():
       o = c['objective']
       lines.append(f"| {name} | {v['runs']['predicted']['objective']:.2f} | "
-                   f"{v['runs'][name]['objective']:.2f} | {o['mean']:+.2f} {_fmt_interval(o)} | "
+                   f"{v['runs'][name]['objective']:.2f} | {o['mean']:+.2f} {interval(o)} | "
                    f"{100 * c['relative']:+.2f}% | {o['verdict']} | "
-                   f"{tokens_saved_text(c['tokens_saved'])} |")
+                   f"{tables.saved_text(c['tokens_saved'])} |")
     lines.append('')
   if 'direct' in have:
     c = have['direct']['check']

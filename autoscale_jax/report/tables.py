@@ -133,11 +133,15 @@ def _share(v: float | None) -> str:
   return 'not reached' if v is None else f'{100 * v:.1f}%'
 
 
+def saved_text(s: dict) -> str:
+  """A tokens-saved record (confidence.saved_interval) as 'value [low, high]'."""
+  return f"{_share(s['value'])} [{_share(s['low'])}, {_share(s['high'])}]"
+
+
 def _saved(s: dict) -> str:
   if s['n'] == 1:
     return _share(s['value'])
-  return (f"{_share(s['value'])} [{_share(s['low'])}, {_share(s['high'])}]; not reached in "
-          f"{100 * s['not_reached']:.0f}% of resamples")
+  return f"{saved_text(s)}; not reached in {100 * s['not_reached']:.0f}% of resamples"
 
 
 def downstream(block: dict | None) -> list[str]:
