@@ -19,7 +19,7 @@ from autoscale_jax import defaults
 from autoscale_jax.configs import bert_tiny
 from autoscale_jax.data import sources, tokenizer as tokenizer_lib
 from autoscale_jax.errors import ConfigError, UserError
-from autoscale_jax.evaluate import finetune, tasks
+from autoscale_jax.evaluate import finetune, finetune_data, tasks
 from autoscale_jax.models import build_model
 from autoscale_jax.train import mesh as mesh_lib, trainer as trainer_lib
 
@@ -243,7 +243,7 @@ def test_glue_through_a_fake_tfds_source(monkeypatch, bert_parts, tok):
                 'label': np.int64(rng.integers(0, 2)), 'idx': np.int32(i)} for i in range(40)]
     return FakeSource(records)
 
-  monkeypatch.setattr(finetune, '_tfds_source', fake)
+  monkeypatch.setattr(finetune_data, '_tfds_source', fake)
   data = finetune.load_task('tfds:glue/mrpc')
   assert asked == [('glue/mrpc', 'train'), ('glue/mrpc', 'validation')]
   assert data.train.texts[3] == ('Shares of firm 3 fell', 'Firm 3 shares dropped')
@@ -263,7 +263,7 @@ def test_glue_through_a_fake_tfds_source(monkeypatch, bert_parts, tok):
       'validation_mismatched')
   assert [finetune.main_metric(t) for t in ('tfds:glue/cola', 'tfds:glue/qqp', 'tfds:glue/sst2',
                                             'bbc_topic')] == ['mcc', 'f1', 'accuracy', 'accuracy']
-  monkeypatch.setattr(finetune, '_tfds_source', lambda d, s: FakeSource(
+  monkeypatch.setattr(finetune_data, '_tfds_source', lambda d, s: FakeSource(
       [{'sentence': b'x', 'label': np.int64(-1)}]))
   with pytest.raises(UserError, match='labels outside 0..1'):  # an unlabelled test split
     finetune.load_task('tfds:glue/cola:test')

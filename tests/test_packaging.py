@@ -53,7 +53,7 @@ def test_wheel_ships_every_module_and_the_configs_inside_the_package(tmp_path):
   src = tmp_path / 'src'  # a copy, so the build leaves nothing in the checkout
   for name in ('autoscale_jax', 'configs'):
     shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns('__pycache__'))
-  for name in ('pyproject.toml', 'README.md'):
+  for name in ('pyproject.toml', 'setup.py', 'README.md'):
     shutil.copy(REPO / name, src)
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
                   '-w', str(tmp_path / 'dist'), str(src)], check=True, capture_output=True,
@@ -69,6 +69,15 @@ def test_wheel_ships_every_module_and_the_configs_inside_the_package(tmp_path):
   assert not any(n.startswith('configs/') for n in names)  # no top-level package `configs`
   meta = next(n for n in names if n.endswith('.dist-info/entry_points.txt'))
   assert 'autoscale-jax = autoscale_jax.main:run' in zipfile.ZipFile(wheel).read(meta).decode()
+
+
+def test_setup_py_is_a_shim_that_reads_pyproject():
+  """`python setup.py --version` answers from pyproject.toml: setup.py writes no metadata."""
+  version = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['version']
+  out = subprocess.run([sys.executable, 'setup.py', '--version'], cwd=REPO, capture_output=True,
+                       text=True, timeout=120, check=True)
+  assert out.stdout.strip().splitlines()[-1] == version
+  assert 'setuptools.setup()' in (REPO / 'setup.py').read_text()  # no arguments: no metadata
 
 
 def _lock() -> dict[str, str]:
