@@ -61,13 +61,17 @@ def filesystem_of(path: epath.PathLike, setting: str) -> Iterator[None]:
 def check_workdir(path: str, *, create: bool = True) -> epath.Path:
   """The workdir, created if missing and checked writable (a probe file is written and removed,
   nothing else is touched): a workdir that cannot be used fails here, in one sentence. With
-  create=False (a mode that only reads) it is only looked up, which still needs its filesystem."""
+  create=False (a mode that only reads) it is only looked up, which still needs its filesystem.
+  A gs:// workdir GCS does not answer (no network, a wrong endpoint) fails within seconds (see
+  `probe_gcs`), before gcsfs's retries would spend minutes on it."""
   workdir = epath.Path(path)
   with filesystem_of(path, f'--workdir={path!r}'):
-    if not create:
-      workdir.exists()
-      return workdir
     try:
+      if str(path).startswith('gs://'):
+        probe_gcs(path)
+      if not create:
+        workdir.exists()
+        return workdir
       workdir.mkdir(parents=True, exist_ok=True)
       probe = temp_name(workdir / 'probe')
       probe.write_bytes(b'')
@@ -75,11 +79,54 @@ def check_workdir(path: str, *, create: bool = True) -> epath.Path:
     except ImportError:
       raise  # filesystem_of names the missing package
     except Exception as e:  # pylint: disable=broad-except  # OS, permission and cloud errors alike
-      raise UserError(f'--workdir={path!r} cannot be created or written ({type(e).__name__}: '
-                      f'{str(e).splitlines()[0] if str(e) else "no detail"}); choose a writable '
-                      'location (a local folder or gs://bucket/path) or fix its '
+      detail = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else "no detail"}'
+      if not create:
+        raise UserError(f'--workdir={path!r} cannot be read ({detail}); check the path, the '
+                        'network and its permissions.') from None
+      raise UserError(f'--workdir={path!r} cannot be created or written ({detail}); choose a '
+                      'writable location (a local folder or gs://bucket/path) or fix its '
                       'permissions.') from None
   return workdir
+
+
+# The first request to a gs:// workdir: how long it may take in all, and to connect.
+PROBE_S = 10.0
+PROBE_CONNECT_S = 5.0
+
+
+def probe_gcs(path: str) -> None:
+  """Sends one anonymous request to GCS for gs:// `path` (list at most one object under it),
+  once, and raises what it met when no answer came within PROBE_S seconds: no network, an
+  endpoint that refuses or never answers. gcsfs retries every request 6 times over about half a
+  minute and logs a traceback each time it gives up, so a workdir that cannot be reached would
+  otherwise take minutes to fail. Anonymous, as only reachability is asked: finding credentials
+  can take gcsfs a quarter of a minute of metadata-server retries off Google Cloud.
+
+  Any answer, an error status (401 for anonymous) included, returns: the check that follows, and
+  all the work, use epath's own filesystem, its credentials and gcsfs's normal retries, so only
+  this one request to a slow or briefly failing bucket is hurried."""
+  import aiohttp  # pylint: disable=g-import-not-at-top  # gcsfs's dependency
+  import gcsfs.core  # pylint: disable=g-import-not-at-top
+
+  plain = gcsfs.core.GCSFileSystem._request  # pylint: disable=protected-access
+
+  class OneTry(gcsfs.core.GCSFileSystem):
+    """The plain JSON-API filesystem (no gRPC) whose requests are sent once: gcsfs wraps
+    _request in its retry loop when the class is made, and no setting changes that."""
+    _request = getattr(plain, '__wrapped__', plain)  # else the retrying one, within PROBE_S
+
+  try:
+    fs = OneTry(token='anon', skip_instance_cache=True,
+                requests_timeout=aiohttp.ClientTimeout(connect=PROBE_CONNECT_S))
+    bucket, key, _ = fs.split_path(path)
+    fs.call('GET', 'b/{}/o', bucket, prefix=key or None, maxResults=1, json_out=True,
+            timeout=PROBE_S)  # fsspec's deadline for the whole call; it cancels the request
+  except aiohttp.ClientConnectionError:
+    raise  # refused, unresolvable, unreachable, or the connection timed out or dropped
+  except TimeoutError as e:
+    raise TimeoutError(f'no answer from GCS within {PROBE_S:g} s') from e
+  except Exception:  # pylint: disable=broad-except  # an answer: the check that follows decides
+    pass
 
 
 @contextlib.contextmanager

@@ -52,10 +52,18 @@ flags.FLAGS['config'].parser = _ByName(flags.FLAGS['config'].parser)
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Orbax narrates every checkpoint at INFO; keep its warnings, drop the chatter."""
+  """Orbax narrates every checkpoint at INFO, gcsfs its settings; keep their warnings, drop the
+  chatter. gcsfs logs each request it gives up on (and some warnings) with a whole traceback or
+  stack; keep the first line of its message alone, since the error that follows, if any, says
+  what failed."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+    if record.name.partition('.')[0] == 'gcsfs' and (record.exc_info or record.stack_info
+                                                     or '\n' in record.getMessage()):
+      record.msg, record.args = record.getMessage().partition('\n')[0][:300], None
+      record.exc_info = record.exc_text = record.stack_info = None
+    chatty = '/orbax/' in record.pathname or record.name.partition('.')[0] == 'gcsfs'
+    return record.levelno >= py_logging.WARNING or not chatty
 
 
 def main(argv) -> None:

@@ -8,11 +8,22 @@ writes orbax's checkpoints, reaches it through TENSORSTORE_GCS_HTTP_URL. Two thi
 does that the emulator does not are added here: the objects.moveTo call (gcsfs renames with it;
 on a 501 it retries for half a minute before copying) and the x-goog-generation header on media
 downloads (tensorstore refuses a read without it); and HTTP/1.1, see the fixture.
+
+A gs:// workdir GCS does not answer (here: a closed port, or one that takes the connection and
+never answers) fails within seconds, in one sentence and no traceback (io.probe_gcs).
 """
 
 import http
+import io as io_lib
+import logging
+import re
 import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
+import warnings
 
 import gcsfs.core
 import pytest
@@ -20,6 +31,7 @@ from gcp_storage_emulator import server
 from gcp_storage_emulator.handlers import objects
 
 import kill_harness as kh
+from autoscale_jax import io
 from test_loader import free_port
 
 BUCKET = 'bkt'
@@ -117,3 +129,53 @@ def test_train_kill_resume_report_on_a_gs_workdir(emulator, tmp_path):
   assert report.returncode == 0, report.log[-5000:]
   assert fs.exists(f'{BUCKET}/wd/budgets/{BUDGET}/optimum.json')
   assert '# AutoScale report' in fs.cat(f'{BUCKET}/wd/report/report.md').decode()
+
+
+@pytest.mark.parametrize('endpoint', ['closed', 'silent'])
+def test_an_unreachable_gs_workdir_fails_fast_in_one_sentence(endpoint):
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    if endpoint == 'silent':
+      sock.listen()  # the kernel takes connections; nothing reads or answers them
+    url = f'http://127.0.0.1:{sock.getsockname()[1]}'
+    env = {**kh.env(), 'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
+           'FSSPEC_GCS_TOKEN': 'anon', 'FSSPEC_GCS_PROJECT': 'emulator'}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, '-m', 'autoscale_jax.main', '--config=tiny', '--config.mode=train',
+         '--workdir=gs://no-such-bucket/w'],
+        env=env, cwd=kh.ROOT, capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - start
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == 2, output[-3000:]
+  assert 'Traceback' not in output, output[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1, output[-3000:]
+  detail = (r'ClientConnectorError: Cannot connect to host 127\.0\.0\.1' if endpoint == 'closed'
+            else rf'TimeoutError: no answer from GCS within {io.PROBE_S:g} s')
+  assert re.fullmatch(rf"error: --workdir='gs://no-such-bucket/w' cannot be created or written "
+                      rf'\({detail}.*\); choose a writable location .*', errors[0]), errors[0]
+  # gcsfs alone: 6 tries per request and a logged traceback per request, minutes in all.
+  assert wall < (15 if endpoint == 'closed' else io.PROBE_S + 10), wall
+
+
+def test_gcsfs_errors_are_logged_in_one_line_without_traceback():
+  # As gcsfs.retry logs a request it gives up on (logger.exception); main filters absl's handler.
+  with warnings.catch_warnings():  # ml_collections loads main's default config with load_module
+    warnings.simplefilter('ignore', DeprecationWarning)
+    from autoscale_jax import main  # pylint: disable=g-import-not-at-top  # defines absl flags
+  stream = io_lib.StringIO()
+  handler = logging.StreamHandler(stream)
+  handler.addFilter(main._QuietLibraries())  # pylint: disable=protected-access
+  logger = logging.getLogger('gcsfs')
+  logger.addHandler(handler)
+  try:
+    try:
+      raise OSError('Cannot connect to host storage.googleapis.com:443\nsecond line')
+    except OSError as e:
+      logger.exception('_request out of retries on exception: %s', e)
+    logger.warning('Could not determine bucket type', stack_info=True)
+  finally:
+    logger.removeHandler(handler)
+  assert stream.getvalue() == ('_request out of retries on exception: Cannot connect to host '
+                               'storage.googleapis.com:443\nCould not determine bucket type\n')
