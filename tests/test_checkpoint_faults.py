@@ -203,3 +203,18 @@ def test_non_finite_loss_stops_the_run_naming_step_and_last_good_checkpoint(prep
 
 def _tokenizer(config, workdir):
   return registry.prepare_data(config, workdir)[0]
+
+
+def test_small_replicated_arrays_are_saved_whole_and_large_ones_by_every_replica():
+  """checkpoint.py's array handler: replica-parallel saving only where a slice is >= 1 MiB."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  from orbax.checkpoint._src.serialization import replica_slices
+
+  from autoscale_jax.train import checkpoint
+  handler = checkpoint.ocp.type_handlers.get_type_handler(jax.Array)
+  settings = (0, handler._use_replica_parallel, handler._min_slice_bytes_for_replica_parallel)
+  replicated = NamedSharding(Mesh(jax.devices(), ('d',)), PartitionSpec())
+  small = jax.device_put(np.zeros((64, 64), np.float32), replicated)  # 16 KiB
+  large = jax.device_put(np.zeros((1024, 2048), np.float32), replicated)  # 8 MiB: 1 MiB each
+  assert len(replica_slices.get_replica_slices(small, *settings).replica_slices) == 1
+  assert len(replica_slices.get_replica_slices(large, *settings).replica_slices) == 8
