@@ -41,7 +41,8 @@ def mesh(**sizes) -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # prepare | train | ddo | predict | autoscale (all of them, then report) | compare (the mixture
-  # methods at equal proxy compute, then report) | report
+  # methods at equal proxy compute, then report) | report | preflight (compile every program of
+  # preflight.mode's plan for preflight.topology, on any machine: memory, fit, time, cost)
   c.mode = 'autoscale'
   c.seed = 0  # seeds parameter init, dropout, the mixture sampler and BERT masking
   c.dry_run = False  # print the run plan (runs, tokens, steps, devices) and exit without training
@@ -209,6 +210,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare.doremi_smoothing = 1e-3  # s: weights <- (1 - s) weights + s / m every step
   c.compare.temperature = 3.0  # temperature sampling tau: weights ~ tokens^(1/tau)
   c.compare.unimax_epochs = 1.0  # UniMax: most epochs of any domain at the target
+
+  # --- preflight (mode=preflight: the plan's programs compiled for a TPU slice, here) ---------
+  c.preflight = ml_collections.ConfigDict()
+  # The slice to compile for: a Cloud name (v4-N and v5p-N count TensorCores, v5e-N, v5litepod-N
+  # and v6e-N chips) or a topology such as 'v5p:4x4x4'; mesh.dcn_* give the number of slices.
+  c.preflight.topology = ''
+  c.preflight.mode = 'autoscale'  # whose plan is compiled and costed: train|ddo|autoscale|compare
+  c.preflight.vocab_size = 0  # vocabulary of a tokenizer yet to be trained (0 = its target size)
+  c.preflight.mfu = 0.5  # assumed MFU for the plan's hours, beside the roofline's
 
   # --- mesh ----------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

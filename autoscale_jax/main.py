@@ -6,6 +6,7 @@ exit status 2, never a traceback; nothing already in the workdir is touched by a
 """
 
 import logging as py_logging
+import os
 import sys
 from typing import NoReturn
 
@@ -74,8 +75,16 @@ def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   progress.route_logs_around_bars()
   config = _CONFIG.value
+  if config.mode == 'preflight':  # compiles for a slice that is elsewhere: this host's CPU runs it
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from autoscale_jax.train import aot  # pylint: disable=g-import-not-at-top
+    aot.quiet_libtpu()
+    if not os.environ.get('JAX_PLATFORMS'):
+      jax.config.update('jax_platforms', 'cpu')
   try:
-    maybe_initialize_distributed()
+    if config.mode != 'preflight':
+      maybe_initialize_distributed()
     pipeline.dispatch(config, _WORKDIR.value)
   except UserError as e:
     _fail(e)

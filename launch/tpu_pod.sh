@@ -2,11 +2,26 @@
 # Runs autoscale_jax on a Cloud TPU VM (a single host or a whole pod slice): creates the TPU or
 # reuses it, installs the project on every worker, and starts the same command on every worker.
 #
-# Usage:  TPU_NAME=... ZONE=... WORKDIR=gs://... [VAR=value ...] launch/tpu_pod.sh [--dry-run] [-- ARGS...]
+# Usage:  TPU_NAME=... ZONE=... WORKDIR=gs://... [VAR=value ...] launch/tpu_pod.sh [--dry-run]
+#           [--skip-preflight] [-- ARGS...]
 #
-#   --dry-run   print every command (gcloud, git/tar, the scripts run over ssh, pip, python)
-#               instead of running it; exits 0, also where gcloud is not installed
-#   -- ARGS...  appended to the python command line after EXTRA_ARGS
+#   --dry-run         print every command (the preflight, gcloud, git/tar, the scripts run over
+#                     ssh, pip, python) instead of running it; exits 0, also where gcloud or
+#                     libtpu is not installed
+#   --skip-preflight  do not run the local preflight (below) before touching the TPU
+#   -- ARGS...        appended to the python command line after EXTRA_ARGS
+#
+# Preflight: before any gcloud command, the script compiles every program of the run's plan for
+# the slice it will create, on this machine and from this checkout:
+#   cd <repo> && <python> -m autoscale_jax.main --config=CONFIG EXTRA_ARGS ARGS
+#     --config.mode=preflight --config.preflight.topology=ACCELERATOR_TYPE
+#     [--config.preflight.mode=<the run's --config.mode>] --workdir=LOG_DIR/preflight-TPU_NAME
+# so the same config and mesh flags are checked (EXTRA_ENV is set for it too, e.g.
+# LIBTPU_INIT_ARGS). It prints memory per chip, fit, step time and chip-hours, and writes
+# preflight.json there. When a program does not fit (exit 2) or the preflight fails otherwise,
+# the script stops with that status and nothing is created. It needs libtpu here:
+# pip install -e ".[tpu]" into VENV. A run whose --config.mode trains nothing (prepare,
+# predict, report) gets no preflight.
 #
 # Rerunning is safe and resumes: an existing READY TPU is reused, the code is synced again, pip
 # only installs what changed, and the program skips finished runs and restarts half-finished ones
@@ -44,7 +59,11 @@
 #   DETACH            1 = start the run in the background on each worker (nohup) and return;
 #                     use it for runs that must outlive this terminal (default 0: stream
 #                     worker 0's output here; closing the terminal stops the run)
-#   LOG_DIR           local copy of what this script shows (default $HOME/autoscale_jax_logs/tpu)
+#   LOG_DIR           local copy of what this script shows (default $HOME/autoscale_jax_logs/tpu);
+#                     the preflight's workdir is LOG_DIR/preflight-<TPU_NAME>
+#   VENV              local virtual environment whose python runs the preflight (default
+#                     <repo>/.venv; install with <VENV>/bin/pip install -e ".[tpu]")
+#   PYTHON            the preflight's python where VENV has none (default python3)
 #
 # Logs: each worker appends its output to <REMOTE_DIR>/logs/worker-<N>.log, and (foreground
 # runs) copies it to WORKDIR/launch_logs/tpu-worker-<N>.log when the program ends.
@@ -59,10 +78,12 @@ REPO_DIR=$(cd "${_self%/*}/.." && pwd)
 . "$REPO_DIR/launch/common.sh"
 
 DRY_RUN=0
+SKIP_PREFLIGHT=0
 CLI_ARGS=()
 while (($#)); do
   case $1 in
     --dry-run) DRY_RUN=1 ;;
+    --skip-preflight) SKIP_PREFLIGHT=1 ;;
     -h | --help)
       usage "$_self"
       exit 0 ;;
@@ -100,6 +121,8 @@ EXTRA_ENV=${EXTRA_ENV:-}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 DETACH=${DETACH:-0}
 LOG_DIR=${LOG_DIR:-$HOME/autoscale_jax_logs/tpu}
+VENV=${VENV:-$REPO_DIR/.venv}
+PYTHON=${PYTHON:-python3}
 
 [[ -n $TPU_NAME ]] || die "TPU_NAME is not set; set it to the TPU VM's name (it is created if missing)."
 [[ -n $ZONE ]] || die "ZONE is not set; set it to the TPU's zone, e.g. ZONE=us-east5-a."
@@ -219,6 +242,51 @@ on_workers() {  # $1: script run on every worker; more args: extra gcloud flags
   shift
   run "${tpu[@]}" ssh "$TPU_NAME" "${where[@]}" --worker=all "$@" "--command=$script"
 }
+
+# Compiles the run's plan for ACCELERATOR_TYPE on this machine (see the header); stops the
+# script with the preflight's exit status when it fails. Under --dry-run: prints the command.
+preflight() {
+  local a prev='' mode='' mode_set=0 py=$PYTHON dir=$LOG_DIR/preflight-$TPU_NAME cmd rc=0
+  for a in "${extra_args[@]}" "${CLI_ARGS[@]}"; do  # the last --config.mode wins, as in absl
+    [[ $prev == --config.mode ]] && mode=$a
+    case $a in
+      --config.mode=*) mode=${a#--config.mode=} ;;
+      --config.preflight.mode | --config.preflight.mode=*) mode_set=1 ;;
+    esac
+    prev=$a
+  done
+  case $mode in
+    '' | train | ddo | autoscale | compare) ;;
+    *) printf '# no preflight: --config.mode=%s trains nothing\n' "$mode" >&2; return 0 ;;
+  esac
+  [[ -x $VENV/bin/python ]] && py=$VENV/bin/python
+  # Flags parse left to right and the last one wins: the preflight's own come after the user's.
+  cmd=("$py" -m autoscale_jax.main "--config=$CONFIG" "${extra_args[@]}" "${CLI_ARGS[@]}"
+       --config.mode=preflight "--config.preflight.topology=$ACCELERATOR_TYPE")
+  [[ -n $mode ]] && ((!mode_set)) && cmd+=("--config.preflight.mode=$mode")
+  cmd+=("--workdir=$dir")
+  ((${#extra_env[@]})) && cmd=(env "${extra_env[@]}" "${cmd[@]}")
+  ((DRY_RUN)) || command -v "$py" >/dev/null ||
+    die "no python for the preflight: $VENV/bin/python does not exist and PYTHON=$PYTHON is not on PATH; set VENV to a venv with pip install -e \".[tpu]\" (or pass --skip-preflight)."
+  run mkdir -p "$dir"
+  if ((DRY_RUN)); then
+    printf 'cd %s && %s\n' "$(quote "$REPO_DIR")" "$(quote "${cmd[@]}")"
+    return 0
+  fi
+  printf '+ cd %s && %s\n' "$(quote "$REPO_DIR")" "$(quote "${cmd[@]}")" >&2
+  (cd "$REPO_DIR" && exec "${cmd[@]}") || rc=$?
+  if ((rc)); then
+    printf 'error: the preflight of %s on %s failed (exit %s; its reason is above), so no TPU was created or touched; fix the config or mesh flags, or pass --skip-preflight to launch anyway.\n' \
+      "$CONFIG" "$ACCELERATOR_TYPE" "$rc" >&2
+    exit "$rc"
+  fi
+  printf 'preflight: %s fits %s (report: %s/preflight.json)\n' "$CONFIG" "$ACCELERATOR_TYPE" "$dir" >&2
+}
+
+# ---- 0. the preflight, here, before any gcloud command -------------------------------------
+if ((!SKIP_PREFLIGHT)); then
+  preflight  # not in a || list: set -e must hold inside it
+fi
 
 # ---- 1. the TPU ----------------------------------------------------------------------------
 ensure_tpu

@@ -103,6 +103,34 @@ def test_tpu_dry_run(sandbox):
   _assert_nothing_ran(marker, tmp)
 
 
+def test_tpu_dry_run_prints_the_preflight_before_any_gcloud_command(sandbox):
+  env, marker, tmp = sandbox
+  env.update(TPU_NAME='my-pod', ZONE='us-east5-a', WORKDIR='gs://bucket/exp',
+             ACCELERATOR_TYPE='v5p-256', EXTRA_ARGS='--config.mesh.tensor=4')
+  out = _run('tpu_pod.sh', env, '--dry-run', '--', '--config.mode=ddo')
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  preflight = [i for i, l in enumerate(lines) if '--config.mode=preflight' in l]
+  gcloud = [i for i, l in enumerate(lines) if l.startswith('gcloud compute tpus ')]
+  assert len(preflight) == 1 and gcloud and preflight[0] < gcloud[0], lines
+  # Run from the checkout by the local venv's python; the user's flags (mesh and mode) first,
+  # then the preflight's own, which must win; the run's mode is the plan compiled.
+  assert lines[preflight[0]].startswith('cd ') and lines[preflight[0]].endswith(
+      f' && {tmp}/venv/bin/python -m autoscale_jax.main --config=configs/tiny.py '
+      '--config.mesh.tensor=4 --config.mode=ddo --config.mode=preflight '
+      '--config.preflight.topology=v5p-256 --config.preflight.mode=ddo '
+      f'--workdir={tmp}/logs/preflight-my-pod'), lines[preflight[0]]
+  assert any(l.startswith('gcloud compute tpus tpu-vm create my-pod --zone=us-east5-a '
+                          '--accelerator-type=v5p-256 ') for l in lines[preflight[0]:])
+  _assert_nothing_ran(marker, tmp)
+
+  out = _run('tpu_pod.sh', env, '--dry-run', '--skip-preflight')
+  assert out.returncode == 0 and 'mode=preflight' not in out.stdout, out.stdout
+  out = _run('tpu_pod.sh', env, '--dry-run', '--', '--config.mode', 'report')  # trains nothing
+  assert out.returncode == 0 and 'mode=preflight' not in out.stdout, out.stdout
+  _assert_nothing_ran(marker, tmp)
+
+
 def test_gpu_dry_run(sandbox):
   env, marker, tmp = sandbox
   env.update(WORKDIR=str(tmp / 'work'), JAX_CUDA='cuda12')
@@ -329,7 +357,7 @@ esac''')
 def test_tpu_reuses_ready_tpu_and_runs_on_every_worker(tmp_path):
   env, homes = _tpu_env(tmp_path, REPO_URL='https://example.com/r.git', BRANCH='dev',
                         EXTRA_ENV='LIBTPU_INIT_ARGS=--foo')
-  out = _run('tpu_pod.sh', env, '--', '--config.mode=ddo')
+  out = _run('tpu_pod.sh', env, '--skip-preflight', '--', '--config.mode=ddo')
   assert out.returncode == 0, out.stderr
   calls = (tmp_path / 'marker').read_text()
   assert 'gcloud compute tpus tpu-vm describe my-pod' in calls
@@ -351,8 +379,35 @@ def test_tpu_reuses_ready_tpu_and_runs_on_every_worker(tmp_path):
 
 def test_tpu_preempted_tpu_is_not_deleted(tmp_path):
   env, homes = _tpu_env(tmp_path, FAKE_STATE='PREEMPTED')
-  out = _run('tpu_pod.sh', env)
+  out = _run('tpu_pod.sh', env, '--skip-preflight')
   assert out.returncode == 2
   assert 'gcloud compute tpus tpu-vm delete my-pod --zone=us-east5-a' in out.stderr
   calls = (tmp_path / 'marker').read_text()
   assert 'delete' not in calls and ' ssh ' not in calls and ' create ' not in calls
+
+
+def test_tpu_preflight_that_does_not_fit_stops_before_any_gcloud_command(tmp_path):
+  env, _ = _tpu_env(tmp_path, VENV=str(tmp_path / 'venv'), FAKE_STATE='PREEMPTED',
+                    EXTRA_ARGS='--config.mesh.fsdp=8')
+  python = tmp_path / 'venv' / 'bin' / 'python'
+  _write_tool(python, 'echo "error: does not fit: train_step needs 120.0 GiB per device." >&2\n'
+              'exit 2')
+  out = _run('tpu_pod.sh', env)
+  assert out.returncode == 2, out.stderr
+  calls = (tmp_path / 'marker').read_text().splitlines()
+  assert len(calls) == 1 and calls[0].startswith('python -m autoscale_jax.main '), calls
+  assert ('--config=configs/tiny.py --config.mesh.fsdp=8 --config.mode=preflight '
+          '--config.preflight.topology=v5p-128 ') in calls[0]
+  assert not any(c.startswith('gcloud') for c in calls), calls  # nothing created or described
+  assert 'error: does not fit: train_step' in out.stderr
+  assert out.stderr.splitlines()[-1].startswith(
+      'error: the preflight of configs/tiny.py on v5p-128 failed (exit 2;'), out.stderr
+
+  # A preflight that fits lets the script go on to the TPU (here preempted: it stops there).
+  (tmp_path / 'marker').unlink()
+  _write_tool(python, 'exit 0')
+  out = _run('tpu_pod.sh', env)
+  assert out.returncode == 2 and 'tpu is PREEMPTED' in out.stderr, out.stderr
+  calls = (tmp_path / 'marker').read_text().splitlines()
+  assert calls[0].startswith('python ') and calls[1].startswith('gcloud compute tpus tpu-vm '
+                                                                 'describe my-pod'), calls

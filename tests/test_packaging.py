@@ -91,7 +91,7 @@ def test_dependency_ranges_hold_the_locked_versions():
   project = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']
   lock = _lock()
   extras = project['optional-dependencies']
-  ci = project['dependencies'] + extras['test'] + extras['demo'] + extras['tfds']
+  ci = project['dependencies'] + extras['test'] + extras['demo'] + extras['tfds'] + extras['tpu']
   for line in ci:
     req = Requirement(line)
     if req.name == 'autoscale_jax':

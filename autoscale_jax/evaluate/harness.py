@@ -98,6 +98,21 @@ def _jitted(module, out_sharding: NamedSharding | None):
   return jax.jit(fn) if out_sharding is None else jax.jit(fn, out_shardings=out_sharding)
 
 
+def lower_scoring(model: ModelSpec, params: Any, mesh: Mesh, rules: Sequence,
+                  batch_size: int) -> jax.stages.Lowered:
+  """The scoring function at its largest bucket (seq_len), lowered for abstract `params` and
+  batches sharded as HarnessLM shards them on `mesh` (mode=preflight); needs no lm_eval."""
+  from autoscale_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from autoscale_jax.train.trainer import mesh_context  # pylint: disable=g-import-not-at-top
+  rows = mesh_lib.batch_sharding(mesh, rules, 2)
+  shape = (batch_size, model.seq_len)
+  batch = (jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows),
+           jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows),
+           jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rows))
+  with mesh_context(mesh, rules):
+    return _jitted(model.module, NamedSharding(mesh, P())).lower(params, *batch)
+
+
 @dataclasses.dataclass
 class _Row:
   index: int

@@ -1,5 +1,5 @@
-"""The modes of an experiment (prepare, train, ddo, predict, autoscale, compare, report), a stage a
-module.
+"""The modes of an experiment (prepare, train, ddo, predict, autoscale, compare, report, preflight),
+a stage a module.
 
 Workdir layout (every file written atomically; a file's presence means its step is done):
 
@@ -28,11 +28,11 @@ from autoscale_jax.data.mixture import counts_from_weights, resolve_weights
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.io import check_workdir
 from autoscale_jax.lead import say
-from autoscale_jax.pipeline import compare, ddo, plan, predict, validate
+from autoscale_jax.pipeline import compare, ddo, plan, predict, preflight, validate
 from autoscale_jax.pipeline.lock import workdir_lock
 from autoscale_jax.pipeline.registry import Experiment, RunSpec, positive_tokens
 
-MODES = ('prepare', 'train', 'ddo', 'predict', 'autoscale', 'compare', 'report')
+MODES = ('prepare', 'train', 'ddo', 'predict', 'autoscale', 'compare', 'report', 'preflight')
 
 
 def train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
@@ -74,7 +74,10 @@ def dispatch(config: ml_collections.ConfigDict, workdir: str) -> None:
   if mode not in MODES:
     raise ConfigError(f"config.mode is '{mode}'; use one of {' | '.join(MODES)}.")
   if config.dry_run:
-    plan.dry_run(config)
+    (preflight.dry_run if mode == 'preflight' else plan.dry_run)(config)
+    return
+  if mode == 'preflight':  # writes preflight.json only: no lock, no data
+    preflight.run(config, check_workdir(workdir))
     return
   if mode == 'report':
     report.write_report(check_workdir(workdir, create=False))

@@ -17,6 +17,13 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
 
   Needs no data: natural-proportion mixtures and data-size bounds are marked as such.
   """
+  _table(rows(config, out), [d.name for d in config.data.domains], out)
+
+
+def rows(config: ml_collections.ConfigDict,
+         out: Callable[[str], None] = lambda line: None) -> list[tuple[str, str, int, int, str]]:
+  """Every run the configured mode would train: (stage, run, tokens, steps, per-domain tokens),
+  in the order the pipeline trains them; the plan's header and notes go to `out`."""
   names = [d.name for d in config.data.domains]
   trainable = trainable_mask(config)
   mix_names = [n for n, t in zip(names, trainable) if t]
@@ -24,10 +31,10 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
   out(f'Plan for mode={config.mode}: {config.model.family}-{config.model.size}, '
       f'{len(names)} domains, seq_len {seq_len}, batch {batch} sequences '
       f'({batch * seq_len:,} tokens/step); {devices_line(config)}.')
-  rows = []
+  planned = []
 
   def add(stage: str, name: str, counts: np.ndarray) -> None:
-    rows.append((stage, name, int(counts.sum()) * seq_len, num_steps(counts, batch),
+    planned.append((stage, name, int(counts.sum()) * seq_len, num_steps(counts, batch),
                  ' '.join(f'{int(c) * seq_len:,}' for c in counts)))
 
   def mixture(weights, field: str) -> tuple[np.ndarray, str]:
@@ -99,7 +106,7 @@ def dry_run(config: ml_collections.ConfigDict, out: Callable[[str], None] = say)
         f'{compare.run_tokens(config):,} per run; identical mixtures train once.')
   if config.mode in ('predict', 'autoscale'):
     out('predict: targets ' + ', '.join(f'{t:,}' for t in predict.targets(config)) + ' tokens')
-  _table(rows, names, out)
+  return planned
 
 
 def _table(rows: list[tuple], names: list[str], out: Callable[[str], None]) -> None:

@@ -12,6 +12,7 @@ warning; with several processes, see Checkpointer.restore.
 
 import contextlib
 import functools
+import logging as py_logging
 import signal
 import time
 from collections.abc import Iterator
@@ -39,9 +40,15 @@ REPLICA_SLICE_MIN_BYTES = 1 << 20
 
 def _register_array_handler() -> None:
   default = ocp.type_handlers.get_type_handler(jax.Array)
-  ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
-      array_metadata_store=default._array_metadata_store,  # pylint: disable=protected-access
-      min_slice_bytes_for_replica_parallel=REPLICA_SLICE_MIN_BYTES), override=True)
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(py_logging.ERROR)  # orbax warns of every override; ours is deliberate
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+        array_metadata_store=default._array_metadata_store,  # pylint: disable=protected-access
+        min_slice_bytes_for_replica_parallel=REPLICA_SLICE_MIN_BYTES), override=True)
+  finally:
+    absl_logger.setLevel(level)
 
 
 _register_array_handler()

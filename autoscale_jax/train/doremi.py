@@ -38,6 +38,7 @@ from autoscale_jax.train.trainer import (
   Batch,
   Trainer,
   TrainState,
+  lower_program,
   mesh_context,
   split_micro_batches,
   train_step,
@@ -160,6 +161,20 @@ class DoReMiTrainer:
         jnp.asarray(self.mixture)].set(1.0 / len(self.mixture))
     return _extend(self.trainer.make_state(rng), weights=weights,
                    weight_sum=jnp.zeros_like(weights))
+
+  def abstract_inputs(self, eval_batch_size: int) -> dict[str, tuple]:
+    """Trainer.abstract_inputs for DoReMi's init and step; the reference's parameters are
+    abstract too, so the step compiles before any reference run exists (preflight)."""
+    trainer = self.trainer
+    plain = trainer.abstract_inputs(eval_batch_size)
+    _, batch, key, total = plain['train_step']
+    return {'init': plain['init'],
+            'step': (self.abstract_state, batch, key, total, trainer.abstract_state.params)}
+
+  def lower(self, program: str, eval_batch_size: int) -> jax.stages.Lowered:
+    """Program 'init' or 'step' lowered for abstract_inputs() (Trainer.lower)."""
+    return lower_program(self, program, self.abstract_inputs(eval_batch_size)[program],
+                         self.trainer.rules)
 
   def init_state(self, rng: jax.Array) -> DoReMiState:
     with jax.set_mesh(self.mesh):

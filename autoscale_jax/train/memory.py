@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from autoscale_jax.errors import ConfigError
+from autoscale_jax.train.chips import chip_of
 from autoscale_jax.train.stacked import default_vectorize, stack_layout
 from autoscale_jax.train.trainer import Trainer
 
@@ -24,8 +25,10 @@ MEMORY_FRACTION = 0.8
 CPU_MEMORY_FRACTION = 0.25
 CPU_FALLBACK_BYTES = 2 * GiB  # when even the host RAM is unknown
 
-def device_memory(device: jax.Device) -> tuple[int, str]:
-  """Free bytes of one device and where the figure comes from."""
+def device_memory(device: jax.Device, devices_per_chip: int = 1) -> tuple[int, str]:
+  """Free bytes of one device and where the figure comes from: the runtime's memory_stats, else
+  the chip table's HBM (a TPU slice's devices compiled for on another machine: mode=preflight;
+  `devices_per_chip` 2 where each TensorCore is a device), else a share of this host's RAM."""
   try:
     stats = device.memory_stats()
   except Exception:  # pylint: disable=broad-except  # backends without the call
@@ -33,12 +36,20 @@ def device_memory(device: jax.Device) -> tuple[int, str]:
   if stats and stats.get('bytes_limit'):
     free = int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
     return free, 'memory_stats'
+  chip = chip_of(device.device_kind)
+  if device.platform != 'cpu' and chip and chip.hbm_bytes:
+    return int(chip.hbm_bytes // devices_per_chip), f'{chip.name} HBM (chip table)'
   try:
     host = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   except (AttributeError, ValueError, OSError):
     return CPU_FALLBACK_BYTES, 'default'
   share = int(host * CPU_MEMORY_FRACTION / max(len(jax.local_devices()), 1))
   return share, f'{CPU_MEMORY_FRACTION:.0%} of host RAM per {len(jax.local_devices())} devices'
+
+
+def devices_per_chip(devices) -> int:
+  """2 where the devices are a chip's two TensorCores (a v4 topology without megacore), else 1."""
+  return 1 + max((int(getattr(d, 'core_on_chip', 0) or 0) for d in devices), default=0)
 
 
 def _shard_bytes(abstract) -> int:
@@ -115,7 +126,7 @@ def choose_stacking(config: ml_collections.ConfigDict, num_runs: int, trainer: T
   device = next((d for d in mesh.devices.flat if d.process_index == jax.process_index()),
                 mesh.devices.flat[0])
   est = estimate_memory(trainer, num_runs)['total']
-  free, source = device_memory(device)
+  free, source = device_memory(device, devices_per_chip(mesh.devices.flat))
   fits = est <= MEMORY_FRACTION * free
   figures = f'est. {est / GiB:.2f} GiB of {free / GiB:.2f} GiB per device ({source})'
   if mode == 'yes':

@@ -9,34 +9,19 @@ from etils import epath
 
 from autoscale_jax import lead
 from autoscale_jax.io import write_text_atomic
+from autoscale_jax.train.chips import CHIPS, chip_of
 
-# Dense bf16 peak FLOP/s per device (vendor figures); fp32 runs reach less, set train.peak_flops.
-PEAK_FLOPS = {
-    'TPU v3': 123e12,
-    'TPU v4': 275e12,
-    'TPU v5 lite': 197e12,
-    'TPU v5e': 197e12,
-    'TPU v5p': 459e12,
-    'TPU v5': 459e12,
-    'TPU v6 lite': 918e12,
-    'TPU v6e': 918e12,
-    'NVIDIA H100': 989e12,
-    'NVIDIA H200': 989e12,
-    'NVIDIA A100': 312e12,
-    'NVIDIA L4': 121e12,
-    'NVIDIA GH200': 989e12,
-}
+# Dense bf16 peak FLOP/s per device kind (train/chips.py, with its sources); fp32 runs reach
+# less, set train.peak_flops.
+PEAK_FLOPS = {kind: chip.peak_flops for kind, chip in CHIPS.items()}
 
 
 def device_peak_flops(configured: float = 0.0, device: jax.Device | None = None) -> float:
   """Peak FLOP/s of one device: the config's value, else the table, else 0 (MFU not shown)."""
   if configured > 0:
     return float(configured)
-  kind = (device or jax.devices()[0]).device_kind
-  for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
-    if kind.startswith(prefix):
-      return PEAK_FLOPS[prefix]
-  return 0.0
+  chip = chip_of((device or jax.devices()[0]).device_kind)
+  return chip.peak_flops if chip else 0.0
 
 
 class MetricWriter:

@@ -45,7 +45,9 @@ from autoscale_jax.train.trainer import (
   EVAL_STATS,
   Trainer,
   TrainState,
+  abstract_key,
   eval_step,
+  lower_program,
   merge_eval,
   mesh_context,
   train_step,
@@ -204,6 +206,24 @@ class StackedTrainer:
     self._member = jax.jit(lambda s, r: jax.tree.map(lambda x: x[r], s),
                            in_shardings=(self.state_shardings, replicated),
                            out_shardings=trainer.state_shardings)
+
+  def abstract_inputs(self, eval_batch_size: int) -> dict[str, tuple]:
+    """Trainer.abstract_inputs for the stack: every argument with the runs' leading axis."""
+    replicated = NamedSharding(self.mesh, P())
+    runs, trainer = (self.num_runs,), self.trainer
+    keys = abstract_key(replicated, runs)
+    shared = {k: self.run_batch_sharding for k in self.batch_shardings}
+    return {'init': (keys,),
+            'train_step': (self.abstract_state, trainer.abstract_batch(
+                int(trainer.train_cfg.batch_size), runs, self.batch_shardings), keys,
+                           jax.ShapeDtypeStruct(runs, jnp.int32, sharding=replicated)),
+            'eval_step': (self.abstract_state.params,
+                          trainer.abstract_batch(eval_batch_size, shardings=shared), keys)}
+
+  def lower(self, program: str, eval_batch_size: int) -> jax.stages.Lowered:
+    """Program 'init', 'train_step' or 'eval_step' of the stack, lowered (Trainer.lower)."""
+    return lower_program(self, program, self.abstract_inputs(eval_batch_size)[program],
+                         self.rules)
 
   def init_state(self, keys: jax.Array) -> TrainState:
     """Run r's initial state from keys[r], as Trainer.init_state gives it alone."""

@@ -218,6 +218,21 @@ def run_key(seed: int) -> jax.Array:
   return jax.random.PRNGKey(int(seed))
 
 
+def abstract_key(sharding: NamedSharding, lead: tuple[int, ...] = ()) -> jax.ShapeDtypeStruct:
+  """run_key's shape and dtype (after `lead` dims), placed by `sharding`."""
+  key = jax.eval_shape(lambda: run_key(0))
+  return jax.ShapeDtypeStruct(lead + key.shape, key.dtype, sharding=sharding)
+
+
+def lower_program(trainer: Any, program: str, inputs: tuple,
+                  rules: Sequence) -> jax.stages.Lowered:
+  """trainer's jitted `_<program>` lowered for `inputs`, under the context it runs in (init
+  without the logical rules, as init_state calls it)."""
+  fn = getattr(trainer, f'_{program}')
+  with (jax.set_mesh(trainer.mesh) if program == 'init' else mesh_context(trainer.mesh, rules)):
+    return fn.lower(*inputs)
+
+
 def logical_param_specs(model: ModelSpec, rng: jax.Array):
   """Abstract params (unboxed) and their logical PartitionSpecs, without allocating anything."""
   boxed = jax.eval_shape(
@@ -276,6 +291,31 @@ class Trainer:
                                                       replicated),
                               out_shardings=replicated)
     self._init = jax.jit(self.make_state, out_shardings=self.state_shardings)
+
+  def abstract_batch(self, batch_size: int, lead: tuple[int, ...] = (),
+                     shardings: dict | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """A global batch of `batch_size` rows (after `lead` dims, e.g. a stack's runs), abstract."""
+    shapes = {'tokens': ((batch_size, self.model.row_len), jnp.int32),
+              'domain': ((batch_size,), jnp.int32), 'mask': ((batch_size,), jnp.float32)}
+    shardings = shardings or self.batch_shardings
+    return {k: jax.ShapeDtypeStruct(lead + s, d, sharding=shardings[k])
+            for k, (s, d) in shapes.items()}
+
+  def abstract_inputs(self, eval_batch_size: int) -> dict[str, tuple]:
+    """Each jitted program's arguments as sharded ShapeDtypeStructs: what lower() compiles
+    ahead of time, for this machine's devices or a TPU slice's that is not here (preflight)."""
+    replicated = NamedSharding(self.mesh, P())
+    key = abstract_key(replicated)
+    total = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    return {'init': (key,),
+            'train_step': (self.abstract_state, self.abstract_batch(
+                int(self.train_cfg.batch_size)), key, total),
+            'eval_step': (self.abstract_state.params, self.abstract_batch(eval_batch_size), key)}
+
+  def lower(self, program: str, eval_batch_size: int) -> jax.stages.Lowered:
+    """Program 'init', 'train_step' or 'eval_step' lowered for abstract_inputs()."""
+    return lower_program(self, program, self.abstract_inputs(eval_batch_size)[program],
+                         self.rules)
 
   def make_state(self, rng: jax.Array) -> TrainState:
     """The initial state drawn from `rng` (pure: init_state jits it, stacks vmap it)."""
