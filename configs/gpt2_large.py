@@ -60,6 +60,9 @@ def get_config(data_dir: str = 'gs://YOUR_BUCKET/redpajama') -> ml_collections.C
   c.eval.harness_tasks = ('hellaswag', 'piqa', 'arc_easy', 'lambada_openai')
   c.eval.num_fewshot = 0  # zero-shot, as GPT-2's own evaluations
 
+  # Checked before booking (--config.mode=preflight, bench/RESULTS.md): v5p-128 as is; on
+  # v5e-256 the eval batch of 128 cannot split over 256 chips, so there run
+  # --config.mesh.fsdp=128 --config.mesh.tensor=2.
   c.mesh.data = 1  # no pure data parallelism inside a slice: ...
   c.mesh.fsdp = -1  # ... shard parameters and batch over every chip (ZeRO-3 style)
   return c

@@ -347,7 +347,7 @@ def test_task_files_are_deterministic_and_splits_disjoint(tmp_path):
 def test_eval_extra_ranges_hold_the_locked_versions():
   project = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']
   extras = project['optional-dependencies']
-  assert 'autoscale_jax[demo,tfds,eval]' in extras['test']
+  assert 'autoscale_jax[demo,tfds,eval,tpu]' in extras['test']
   lock = dict(l.split('==') for l in (REPO / 'requirements.txt').read_text().splitlines()
               if l and not l.startswith('#'))
   for line in extras['eval']:

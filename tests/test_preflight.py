@@ -130,9 +130,14 @@ def test_tiny_bert_on_v4_counts_chips_not_cores(tmp_path):
   config.mode, config.preflight.topology, config.preflight.mode = 'preflight', 'v4-8', 'train'
   summary = preflight.run(config, tmp_path, say_line=lambda line: None)
   assert summary['chips'] == 4 and summary['devices'] == 8  # a v4 chip's two TensorCores
-  row = summary['programs']['train_step']
-  assert 0 < row['total_gib'] < row['hbm_gib'] == pytest.approx(16.0)
+  for name in ('init', 'train_step', 'eval_step'):
+    row = summary['programs'][name]
+    assert 0 < row['total_gib'] < row['hbm_gib'] == pytest.approx(16.0) and row['fits'], name
+  step = summary['programs']['train_step']
+  assert step['flops_per_device'] > 0 and 0 < step['mfu_bound'] <= 1
   plan = summary['plan']['all']
+  assert plan['steps'] == num_steps([round(config.train.tokens / config.data.seq_len)],
+                                    config.train.batch_size)
   assert plan['chip_hours_roofline'] == pytest.approx(plan['hours_roofline'] * 4)
 
 

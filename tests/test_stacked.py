@@ -220,7 +220,7 @@ def test_choose_stacking(monkeypatch):
   est = [memory.estimate_memory(t, n)['total'] for n in (1, 2, 11)]
   assert 0 < est[0] < est[1] < est[2] <= 11 * est[0]
 
-  monkeypatch.setattr(memory, 'device_memory', lambda device: (est[2], 'test'))
+  monkeypatch.setattr(memory, 'device_memory', lambda device, per_chip=1: (est[2], 'test'))
   stack, reason = memory.choose_stacking(c, 11, t)
   assert not stack and reason.startswith('sequential: 11 stacked runs need est.')
   c.train.stack_runs = True

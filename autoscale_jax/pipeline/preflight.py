@@ -144,12 +144,14 @@ def analyse_programs(config: ml_collections.ConfigDict, devices, names: list[str
   if any(r['analysis'].error or r['analysis'].total > hbm for r in out.values()):
     return out  # does not fit: no step time to estimate
   layers = real.model.config.num_layers
-  depths = (aot.BASE_LAYERS, aot.BASE_LAYERS + 1)
+  # A model no deeper than the cost models is compiled unrolled at its own depth, once.
+  depths = (layers,) if layers <= aot.BASE_LAYERS + 1 else (aot.BASE_LAYERS, aot.BASE_LAYERS + 1)
   small = {n: Programs(config, devices, layers=n) for n in depths}
   for name in ('train_step', 'eval_step'):
-    base, more = (aot.analyse(small[n].lowered(name), slices) for n in depths)
-    out[name]['cost'] = aot.extrapolate(base, more, layers)
-    out[name]['cost_compile_s'] = base.compile_s + more.compile_s
+    analyses = [aot.analyse(small[n].lowered(name), slices) for n in depths]
+    out[name]['cost'] = (aot.extrapolate(*analyses, layers) if len(analyses) == 2 else
+                         {f: getattr(analyses[0], f) for f in aot.COST_FIELDS})
+    out[name]['cost_compile_s'] = sum(a.compile_s for a in analyses)
   return out
 
 
