@@ -1,7 +1,7 @@
 """The shipped configs' preflights (issue 26): each compiled for the slice its comments name, on
 this CPU with libtpu (pip install -e ".[tpu]"); every summary under bench/results/preflight/.
 
-  python bench/preflight.py [--only NAME ...]
+  python bench/preflight.py [--only NAME ...]   (then --table: the RESULTS.md table)
 
 Each case runs the real command line (`python -m autoscale_jax.main --config.mode=preflight`) in
 a fresh workdir and copies its preflight.json here; a case already summarised is not run again
@@ -54,10 +54,36 @@ def run(name: str, config: str, topology: str, extra: tuple[str, ...]) -> dict:
     return summary
 
 
+def table() -> str:
+  """The RESULTS.md table of every committed summary."""
+  lines = ['| config | slice (mesh) | compile s (all programs) | train step GiB per chip '
+           '(of HBM) | fits | roofline step ms | MFU bound | plan hours | plan chip-hours '
+           '(roofline / at 50% MFU) |', '|---|---|---:|---:|---|---:|---:|---:|---:|']
+  for name, *_ in CASES:
+    path = OUT / f'{name}.json'
+    if not path.exists():
+      continue
+    s = json.loads(path.read_text())
+    step, plan = s['programs']['train_step'], s['plan'].get('all', {})
+    mesh = ' x '.join(f'{k} {v}' for k, v in s['mesh'].items() if v > 1)
+    compile_s = sum(r['compile_s'] + r.get('cost_compile_s', 0) for r in s['programs'].values())
+    timing = (f'{step["step_s"] * 1e3:.0f} | {step["mfu_bound"]:.0%} | '
+              f'{plan["hours_roofline"]:,.1f} | {plan["chip_hours_roofline"]:,.0f} / '
+              f'{plan["chip_hours_at_mfu"]:,.0f}') if s['fits'] else 'n/a | n/a | n/a | n/a'
+    lines.append(f'| {name.split("_v")[0]} | {s["topology"]} ({mesh}) | {compile_s:.0f} | '
+                 f'{step["total_gib"]:.2f} ({step["hbm_gib"]:.1f}) | '
+                 f'{"fits" if s["fits"] else "does not fit"} | {timing} |')
+  return '\n'.join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--only', nargs='*', default=None)
+  parser.add_argument('--table', action='store_true', help='print the RESULTS.md table only')
   args = parser.parse_args()
+  if args.table:
+    print(table())
+    return
   for name, config, topology, extra in CASES:
     if args.only is not None and name not in args.only:
       continue
