@@ -18,14 +18,3 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), 'autoscale_jax_test_jit_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-
-# The longest tests (a minute or more each on 2 cores) start first, so that with `-n 2` the two
-# workers share the many short ones at the end instead of one worker finishing a long test
-# alone. Within each group the collection order is kept (module fixtures stay together).
-LONG_FIRST = ('test_pipeline.py', 'test_multihost.py', 'test_gcs.py', 'test_preflight.py',
-              'test_downstream.py', 'test_bench_restore.py', 'test_kill.py')
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(LONG_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
