@@ -208,17 +208,18 @@ def _fits_train_step(config: ml_collections.ConfigDict, devices, hbm: float) -> 
 
 def alternatives(config: ml_collections.ConfigDict, the_slice: chips.Slice, devices,
                  needed: float, say_line: Callable[[str], None]) -> dict:
-  """What fits instead, found by compiling the train step: meshes of this slice with more
-  tensor parallelism (the mesh is the only free choice: batch, grad_accum, remat and scan are in
-  the run fingerprint), and the smallest larger slice of the same chip under the config's mesh
-  (the search stops where doubling the slice saves under 10%: a replicated state never shrinks).
+  """What fits instead, found by compiling the train step: the mesh of this slice with the least
+  tensor parallelism that fits (the mesh is the only free choice: batch, grad_accum, remat and
+  scan are in the run fingerprint), and the smallest larger slice of the same chip under the
+  config's mesh (the search stops where doubling the slice saves under 10%: a replicated state
+  never shrinks).
   `needed`: the train step's bytes per device here."""
   per_slice = len(devices) // int(np.prod([config.mesh[f'dcn_{a}'] for a in mesh_lib.AXES]))
   dpc = memory.devices_per_chip(devices)
   hbm = the_slice.chip.hbm_bytes / dpc
   meshes = []
   tensor = 1
-  while tensor <= min(per_slice, 16) and len(meshes) < 2:
+  while tensor <= min(per_slice, 16) and not meshes:  # the least tensor parallelism that fits
     candidate = config.copy_and_resolve_references()
     candidate.mesh.data, candidate.mesh.fsdp, candidate.mesh.tensor = 1, -1, tensor
     total = _fits_train_step(candidate, devices, hbm)
