@@ -83,9 +83,9 @@ def test_layer_extrapolation_matches_an_unrolled_compile():
   config = _tiny()
   config.model.overrides.num_layers = 4
   devices = aot.topology_devices('v5e:2x2')
-  slices = [0] * len(devices)
-  two, three, four = (aot.analyse(preflight.Programs(config, devices, layers=n).lowered(
-      'train_step'), slices) for n in (2, 3, 4))
+  programs = {n: preflight.Programs(config, devices, layers=n) for n in (2, 3, 4)}
+  two, three, four = (aot.analyse(programs[n].lowered('train_step'),
+                                  list(programs[n].mesh.devices.flat)) for n in (2, 3, 4))
   got = aot.extrapolate(two, three, 4)
   assert four.flops > three.flops > 0 and four.hbm_bytes > three.hbm_bytes
   np.testing.assert_allclose(got['flops'], four.flops, rtol=0.01)

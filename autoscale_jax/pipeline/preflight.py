@@ -13,12 +13,12 @@ bandwidth, an optimistic bound (no overlap is assumed for collectives, perfect f
 the plan's hours are also given at an assumed MFU (config.preflight.mfu).
 """
 
+import collections
 import json
 from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
 from etils import epath
 
 from autoscale_jax.errors import ConfigError, UserError, check_number
@@ -79,13 +79,17 @@ class Programs:
     self.single = Trainer(model=self.model, train_cfg=train_cfg, mesh=self.mesh,
                           rules=config.mesh.rules, num_domains=len(config.data.domains))
     self.eval_batch = int(config.eval.batch_size)
+    self._stacks: dict[int, StackedTrainer] = {}
 
   def lowered(self, name: str) -> jax.stages.Lowered:
     """'init', 'train_step', 'eval_step', 'stack<N> init|train_step|eval_step', 'doremi step',
     'harness score'."""
     what, _, program = name.rpartition(' ')
     if what.startswith('stack'):
-      return StackedTrainer(self.single, int(what[5:])).lower(program, self.eval_batch)
+      size = int(what[5:])
+      if size not in self._stacks:
+        self._stacks[size] = StackedTrainer(self.single, size)
+      return self._stacks[size].lower(program, self.eval_batch)
     if what == 'doremi':
       names = [d.name for d in self.config.data.domains]
       trainer = DoReMiTrainer(self.single, None, range(len(names)),
@@ -106,10 +110,7 @@ def program_names(config: ml_collections.ConfigDict, planned: list[tuple],
   stacks a stage's runs on this slice (memory.choose_stacking, with the chip's HBM); DoReMi's
   step; the harness's scoring at its largest bucket."""
   names = ['init', 'train_step', 'eval_step']
-  stacks = {}
-  for stage, *_ in planned:
-    stacks[stage] = stacks.get(stage, 0) + 1
-  for size in sorted(set(stacks.values())):
+  for size in sorted(set(collections.Counter(stage for stage, *_ in planned).values())):
     stack, _ = memory.choose_stacking(config, size, programs.single)
     if stack:
       names += [f'stack{size} init', f'stack{size} train_step', f'stack{size} eval_step']
@@ -129,35 +130,34 @@ def _seconds(cost: dict, chip: chips.Chip) -> dict[str, float]:
           'step_s': max(compute, hbm) + ici + dcn}
 
 
-def analyse_programs(config: ml_collections.ConfigDict, devices, names: list[str], hbm: float,
+def analyse_programs(real: Programs, devices, names: list[str], hbm: float,
                      say_line: Callable[[str], None]) -> dict[str, dict]:
   """Memory of every program at the real depth; the costs of the step programs extrapolated
   from unrolled 2- and 3-layer compiles (aot.extrapolate)."""
-  real = Programs(config, devices)
-  slices = [int(getattr(d, 'slice_index', 0) or 0) for d in real.mesh.devices.flat]
+  mesh_devices = list(real.mesh.devices.flat)
   out = {}
   for name in names:
-    analysis = aot.analyse(real.lowered(name), slices)
+    analysis = aot.analyse(real.lowered(name), mesh_devices)
     out[name] = {'analysis': analysis}
     say_line(f'  compiled {name}: {analysis.compile_s:.1f} s, {analysis.total / GiB:.2f} GiB '
              'per device')
-  if any(r['analysis'].error or r['analysis'].total > hbm for r in out.values()):
+  if not all(r['analysis'].fits(hbm) for r in out.values()):
     return out  # does not fit: no step time to estimate
   layers = real.model.config.num_layers
-  # A model no deeper than the cost models is compiled unrolled at its own depth, once.
-  depths = (layers,) if layers <= aot.BASE_LAYERS + 1 else (aot.BASE_LAYERS, aot.BASE_LAYERS + 1)
-  small = {n: Programs(config, devices, layers=n) for n in depths}
+  depths = aot.cost_depths(layers)
+  small = {n: Programs(real.config, devices, layers=n) for n in depths}
   for name in ('train_step', 'eval_step'):
-    analyses = [aot.analyse(small[n].lowered(name), slices) for n in depths]
+    analyses = [aot.analyse(small[n].lowered(name), mesh_devices) for n in depths]
     out[name]['cost'] = (aot.extrapolate(*analyses, layers) if len(analyses) == 2 else
-                         {f: getattr(analyses[0], f) for f in aot.COST_FIELDS})
+                         analyses[0].cost)
     out[name]['cost_compile_s'] = sum(a.compile_s for a in analyses)
   return out
 
 
 def plan_cost(planned: list[tuple], step_s: float, tokens_per_step: int, flops_per_token: float,
-              chip: chips.Chip, devices: int, mfu: float) -> dict[str, dict]:
-  """Hours and chip-hours per stage: at the roofline's step time and at the assumed MFU."""
+              chip: chips.Chip, num_chips: int, mfu: float) -> dict[str, dict]:
+  """Hours and chip-hours per stage: at the roofline's step time and at the assumed MFU (of
+  `num_chips` chips; chip-hours count chips, whatever a device is)."""
   stages: dict[str, dict] = {}
   for stage, _, tokens, steps, _ in planned:
     key = STAGES.get(stage.split()[0], stage)
@@ -173,76 +173,69 @@ def plan_cost(planned: list[tuple], step_s: float, tokens_per_step: int, flops_p
   for row in stages.values():
     row['hours_roofline'] = row['steps'] * step_s / 3600
     row['hours_at_mfu'] = (row['steps'] * tokens_per_step * flops_per_token
-                           / (mfu * chip.peak_flops * devices) / 3600)
-    row['chip_hours_roofline'] = row['hours_roofline'] * devices
-    row['chip_hours_at_mfu'] = row['hours_at_mfu'] * devices
+                           / (mfu * chip.peak_flops * num_chips) / 3600)
+    row['chip_hours_roofline'] = row['hours_roofline'] * num_chips
+    row['chip_hours_at_mfu'] = row['hours_at_mfu'] * num_chips
   return stages
-
-
-def per_device(chip: chips.Chip, devices_per_chip: int) -> chips.Chip:
-  """The chip's figures per device (a v4 topology's devices are its chips' two TensorCores)."""
-  k = devices_per_chip
-  return chips.Chip(chip.name, chip.device_kind, chip.peak_flops / k, chip.hbm_bytes / k,
-                    chip.hbm_bandwidth / k, chip.ici_bandwidth / k, chip.dcn_bandwidth / k)
 
 
 def _slice_and_devices(config: ml_collections.ConfigDict, topology: str):
   the_slice = chips.parse_slice(topology)
-  num_slices = int(np.prod([config.mesh[f'dcn_{a}'] for a in mesh_lib.AXES]))
+  num_slices = mesh_lib.num_slices(config.mesh)
   devices = aot.topology_devices(the_slice.topology, num_slices)
   return the_slice, num_slices, devices
 
 
-def _fits_train_step(config: ml_collections.ConfigDict, devices, hbm: float) -> float | None:
-  """The train step's bytes per device under config's mesh, or None where the mesh is invalid."""
+def _train_step(config: ml_collections.ConfigDict, devices) -> aot.Analysis | None:
+  """The train step compiled under config's mesh, or None where the mesh is invalid."""
   from autoscale_jax.train import runs  # pylint: disable=g-import-not-at-top
   try:
     runs.check_config(config, mesh_lib.make_mesh(config.mesh, devices))
     programs = Programs(config, devices)
   except ConfigError:
     return None
-  slices = [int(getattr(d, 'slice_index', 0) or 0) for d in programs.mesh.devices.flat]
-  analysis = aot.analyse(programs.lowered('train_step'), slices)
-  return analysis.total if not analysis.error else max(analysis.total, hbm + 1)
+  return aot.analyse(programs.lowered('train_step'), list(programs.mesh.devices.flat))
 
 
-def alternatives(config: ml_collections.ConfigDict, the_slice: chips.Slice, devices,
+def alternatives(config: ml_collections.ConfigDict, the_slice: chips.Slice, devices, hbm: float,
                  needed: float, say_line: Callable[[str], None]) -> dict:
   """What fits instead, found by compiling the train step: the mesh of this slice with the least
   tensor parallelism that fits (the mesh is the only free choice: batch, grad_accum, remat and
   scan are in the run fingerprint), and the smallest larger slice of the same chip under the
   config's mesh (the search stops where doubling the slice saves under 10%: a replicated state
   never shrinks).
-  `needed`: the train step's bytes per device here."""
-  per_slice = len(devices) // int(np.prod([config.mesh[f'dcn_{a}'] for a in mesh_lib.AXES]))
-  dpc = memory.devices_per_chip(devices)
-  hbm = the_slice.chip.hbm_bytes / dpc
+  `hbm`: bytes a device holds; `needed`: the train step's bytes per device here."""
+  per_slice = len(devices) // mesh_lib.num_slices(config.mesh)
+
+  def tried(what: str, analysis: aot.Analysis | None) -> bool:
+    say_line(f'  {what}: ' + ('invalid for the batch sizes' if analysis is None else
+                              f'{analysis.total / GiB:.2f} GiB'))
+    return analysis is not None and analysis.fits(hbm)
+
   meshes = []
   tensor = 1
   while tensor <= min(per_slice, 16) and not meshes:  # the least tensor parallelism that fits
     candidate = config.copy_and_resolve_references()
     candidate.mesh.data, candidate.mesh.fsdp, candidate.mesh.tensor = 1, -1, tensor
-    total = _fits_train_step(candidate, devices, hbm)
-    say_line(f'  mesh fsdp {per_slice // tensor} x tensor {tensor}: ' + (
-        'invalid for the batch sizes' if total is None else f'{total / GiB:.2f} GiB'))
-    if total is not None and total <= hbm:
+    analysis = _train_step(candidate, devices)
+    if tried(f'mesh fsdp {per_slice // tensor} x tensor {tensor}', analysis):
       meshes.append({'data': 1, 'fsdp': per_slice // tensor, 'tensor': tensor,
-                     'gib_per_device': total / GiB})
+                     'gib_per_device': analysis.total / GiB})
     tensor *= 2
   larger = None
   cores = the_slice.chips * the_slice.chip.cores_per_chip
   for k in range(1, 4):
     name = f'{the_slice.chip.name}-{cores * 2**k}'
     bigger, _, bigger_devices = _slice_and_devices(config, name)
-    total = _fits_train_step(config, bigger_devices, hbm)
-    say_line(f'  slice {name}: ' + ('invalid for the batch sizes' if total is None else
-                                    f'{total / GiB:.2f} GiB'))
-    if total is not None and total <= hbm:
-      larger = {'slice': name, 'topology': bigger.topology, 'gib_per_device': total / GiB}
+    analysis = _train_step(config, bigger_devices)
+    if tried(f'slice {name}', analysis):
+      larger = {'slice': name, 'topology': bigger.topology,
+                'gib_per_device': analysis.total / GiB}
       break
-    if total is not None and total > 0.9 * needed:
-      break
-    needed = total if total is not None else needed
+    if analysis is not None:
+      if analysis.total > 0.9 * needed:
+        break
+      needed = analysis.total
   return {'meshes': meshes, 'slice': larger}
 
 
@@ -259,8 +252,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
   mfu = check_number(config.preflight.mfu, 'config.preflight.mfu', least=1e-6, most=1.0)
   target = plan_config(config)
   the_slice, num_slices, devices = _slice_and_devices(target, config.preflight.topology)
-  dpc = memory.devices_per_chip(devices)
-  device = per_device(the_slice.chip, dpc)
+  device = chips.per_device(the_slice.chip, chips.devices_per_chip(devices))
   from autoscale_jax.train import runs  # pylint: disable=g-import-not-at-top
   runs.check_config(target, mesh_lib.make_mesh(target.mesh, devices))
   planned = plan.rows(target)
@@ -272,7 +264,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
            f'devices, {_gib(device.hbm_bytes)} GiB HBM each), mesh '
            f'{dict(zip(mesh_lib.AXES, programs.mesh.devices.shape))}; compiling '
            f'{len(names)} programs:')
-  results = analyse_programs(target, devices, names, device.hbm_bytes, say_line)
+  results = analyse_programs(programs, devices, names, device.hbm_bytes, say_line)
   tokens_per_step = int(target.train.batch_size) * int(target.data.seq_len)
   flops_per_token = float(programs.model.flops_per_token)
   rows = {}
@@ -282,7 +274,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
            'outputs_gib': a.outputs / GiB, 'aliased_gib': a.aliased / GiB,
            'temporaries_gib': a.temporaries / GiB, 'code_gib': a.code / GiB,
            'total_gib': a.total / GiB, 'hbm_gib': device.hbm_bytes / GiB,
-           'fits': not a.error and a.total <= device.hbm_bytes, 'compiler_error': a.error}
+           'fits': a.fits(device.hbm_bytes), 'compiler_error': a.error}
     if 'cost' in r:
       row.update({f'{k}_per_device': v for k, v in r['cost'].items()})
       row.update(_seconds(r['cost'], device))
@@ -293,11 +285,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
   step['analytic_flops_per_device'] = flops_per_token * tokens_per_step / len(devices)
   if fits:
     step['mfu_bound'] = step['analytic_flops_per_device'] / (step['step_s'] * device.peak_flops)
-    cost = plan_cost(planned, step['step_s'], tokens_per_step, flops_per_token, device,
-                     len(devices), mfu)
-    for row in cost.values():  # chip-hours count chips, not devices (a v4 chip is 2 devices)
-      row['chip_hours_roofline'] /= dpc
-      row['chip_hours_at_mfu'] /= dpc
+    cost = plan_cost(planned, step['step_s'], tokens_per_step, flops_per_token, the_slice.chip,
+                     n_chips, mfu)
   summary = {'topology': config.preflight.topology, 'slice_topology': the_slice.topology,
              'num_slices': num_slices, 'chips': n_chips, 'devices': len(devices),
              'chip': the_slice.chip.name, 'mode': target.mode,
@@ -310,7 +299,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
     say_line(line)
   if not summary['fits']:
     say_line('Does not fit; trying what would:')
-    summary['alternatives'] = alternatives(target, the_slice, devices,
+    summary['alternatives'] = alternatives(target, the_slice, devices, device.hbm_bytes,
                                            results['train_step']['analysis'].total, say_line)
   write_text_atomic(epath.Path(workdir) / 'preflight.json', json.dumps(summary, indent=1))
   if not summary['fits']:
@@ -333,6 +322,13 @@ def does_not_fit(summary: dict) -> str:
           f'{summary["topology"]}; use {fix}.')
 
 
+def how_costed(layers: int) -> str:
+  depths = aot.cost_depths(layers)
+  if len(depths) == 1:
+    return f'an unrolled compile at its {layers} layers'
+  return f'{depths[0]}- and {depths[1]}-layer compiles extrapolated to {layers} layers'
+
+
 def report_lines(summary: dict) -> list[str]:
   """The per-program table and the plan's cost, as printed (RESULTS.md quotes them)."""
   lines = ['', '| program | compile s | args GiB | outputs GiB | temps GiB | total GiB '
@@ -347,8 +343,7 @@ def report_lines(summary: dict) -> list[str]:
   lines += ['', f'train step per device: {s["flops_per_device"]:.3g} FLOPs (analytic '
                 f'{s["analytic_flops_per_device"]:.3g}), {s["hbm_bytes_per_device"]:.3g} HBM '
                 f'bytes, {s["ici_bytes_per_device"]:.3g} ICI and {s["dcn_bytes_per_device"]:.3g} '
-                f'DCN bytes (2- and 3-layer compiles extrapolated to {summary["layers"]} '
-                'layers)',
+                f'DCN bytes ({how_costed(summary["layers"])})',
             f'roofline step time {s["step_s"] * 1e3:.1f} ms = max(compute '
             f'{s["compute_s"] * 1e3:.1f}, HBM {s["hbm_s"] * 1e3:.1f}) + ICI '
             f'{s["ici_s"] * 1e3:.1f} + DCN {s["dcn_s"] * 1e3:.1f} ms; MFU at most '

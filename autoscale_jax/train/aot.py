@@ -117,6 +117,9 @@ def collective_bytes(hlo: str, slices: Sequence[int]) -> dict[str, float]:
   return out
 
 
+COST_FIELDS = ('flops', 'hbm_bytes', 'ici_bytes', 'dcn_bytes')  # per call, per device
+
+
 @dataclasses.dataclass
 class Analysis:
   """One compiled program on one device: memory (bytes), cost per call, compile seconds."""
@@ -133,6 +136,14 @@ class Analysis:
 
   error: str = ''  # the compiler's own out-of-memory message, where it refused the program
 
+  def fits(self, hbm: float) -> bool:
+    """Whether the program fits `hbm` bytes a device (a program the compiler refused does not)."""
+    return not self.error and self.total <= hbm
+
+  @property
+  def cost(self) -> dict[str, float]:
+    return {f: getattr(self, f) for f in COST_FIELDS}
+
   @property
   def total(self) -> int:
     """Peak bytes a device holds while the program runs: inputs, outputs not written in place
@@ -140,8 +151,9 @@ class Analysis:
     return self.arguments + self.outputs - self.aliased + self.temporaries + self.code
 
 
-def analyse(lowered: jax.stages.Lowered, slices: Sequence[int]) -> Analysis:
-  """Compiles `lowered` and reads its memory and cost analyses and its collectives."""
+def analyse(lowered: jax.stages.Lowered, devices: Sequence[jax.Device]) -> Analysis:
+  """Compiles `lowered` for `devices` (its mesh's, in order) and reads its memory and cost
+  analyses and its collectives."""
   cache = jax.config.jax_enable_compilation_cache
   jax.config.update('jax_enable_compilation_cache', False)  # a TPU executable is not for here
   start = time.perf_counter()
@@ -164,6 +176,7 @@ def analyse(lowered: jax.stages.Lowered, slices: Sequence[int]) -> Analysis:
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0] if cost else {}
   cost = cost or {}
+  slices = [int(getattr(d, 'slice_index', 0) or 0) for d in devices]
   comm = collective_bytes(compiled.as_text(), slices)
   return Analysis(compile_s=seconds, arguments=int(mem.argument_size_in_bytes),
                   outputs=int(mem.output_size_in_bytes), temporaries=int(mem.temp_size_in_bytes),
@@ -173,10 +186,14 @@ def analyse(lowered: jax.stages.Lowered, slices: Sequence[int]) -> Analysis:
                   dcn_bytes=comm['dcn'])
 
 
-COST_FIELDS = ('flops', 'hbm_bytes', 'ici_bytes', 'dcn_bytes')
-
 
 BASE_LAYERS = 2  # the cost models' depths: BASE_LAYERS and one more (see extrapolate)
+
+
+def cost_depths(layers: int) -> tuple[int, ...]:
+  """The depths to compile unrolled for a `layers`-deep model's cost: its own where it is no
+  deeper than the cost models (once), else BASE_LAYERS and one more, extrapolated."""
+  return (layers,) if layers <= BASE_LAYERS + 1 else (BASE_LAYERS, BASE_LAYERS + 1)
 
 
 def extrapolate(base: Analysis, more: Analysis, layers: int) -> dict[str, float]:
@@ -184,5 +201,5 @@ def extrapolate(base: Analysis, more: Analysis, layers: int) -> dict[str, float]
   that layer's increment is every further layer's (linear in depth). Not from 1 layer: the
   first layer fuses with the embedding, so 1 -> 2 layers adds 9% fewer HBM bytes than 2 -> 3
   (tiny GPT-2); FLOPs are linear from any depth."""
-  return {f: getattr(base, f) + (layers - BASE_LAYERS) * (getattr(more, f) - getattr(base, f))
-          for f in COST_FIELDS}
+  low, high = base.cost, more.cost
+  return {f: low[f] + (layers - BASE_LAYERS) * (high[f] - low[f]) for f in COST_FIELDS}

@@ -68,6 +68,19 @@ def chip_of(device_kind: str) -> Chip | None:
   return None
 
 
+def devices_per_chip(devices) -> int:
+  """2 where the devices are a chip's two TensorCores (a v4 topology without megacore), else 1."""
+  return 1 + max((int(getattr(d, 'core_on_chip', 0) or 0) for d in devices), default=0)
+
+
+def per_device(chip: Chip, k: int) -> Chip:
+  """The chip's figures per device where each chip is `k` devices (devices_per_chip)."""
+  return dataclasses.replace(chip, peak_flops=chip.peak_flops / k, hbm_bytes=chip.hbm_bytes / k,
+                             hbm_bandwidth=chip.hbm_bandwidth / k,
+                             ici_bandwidth=chip.ici_bandwidth / k,
+                             dcn_bandwidth=chip.dcn_bandwidth / k)
+
+
 @dataclasses.dataclass(frozen=True)
 class Slice:
   """One TPU slice: its chip, chip count and the topology string jax compiles for."""

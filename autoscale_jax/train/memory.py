@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from autoscale_jax.errors import ConfigError
-from autoscale_jax.train.chips import chip_of
+from autoscale_jax.train.chips import chip_of, devices_per_chip
 from autoscale_jax.train.stacked import default_vectorize, stack_layout
 from autoscale_jax.train.trainer import Trainer
 
@@ -45,11 +45,6 @@ def device_memory(device: jax.Device, devices_per_chip: int = 1) -> tuple[int, s
     return CPU_FALLBACK_BYTES, 'default'
   share = int(host * CPU_MEMORY_FRACTION / max(len(jax.local_devices()), 1))
   return share, f'{CPU_MEMORY_FRACTION:.0%} of host RAM per {len(jax.local_devices())} devices'
-
-
-def devices_per_chip(devices) -> int:
-  """2 where the devices are a chip's two TensorCores (a v4 topology without megacore), else 1."""
-  return 1 + max((int(getattr(d, 'core_on_chip', 0) or 0) for d in devices), default=0)
 
 
 def _shard_bytes(abstract) -> int:

@@ -34,17 +34,23 @@ def _fill(sizes: Sequence[int], total: int, what: str) -> list[int]:
   return sizes
 
 
-def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[list[int], list[int]]:
-  """Returns the per-slice (ICI) and across-slice (DCN) sizes of the (data, fsdp, tensor) axes."""
+def num_slices(cfg: ml_collections.ConfigDict) -> int:
+  """How many slices config.mesh spans: the product of its dcn_* sizes."""
   dcn = [cfg[f'dcn_{a}'] for a in AXES]
   if any(d < 1 for d in dcn):
     raise ConfigError(f'config.mesh: dcn_* sizes must be >= 1, got {dcn}.')
-  num_slices = int(np.prod(dcn))
-  if num_devices % num_slices:
+  return int(np.prod(dcn))
+
+
+def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[list[int], list[int]]:
+  """Returns the per-slice (ICI) and across-slice (DCN) sizes of the (data, fsdp, tensor) axes."""
+  dcn = [cfg[f'dcn_{a}'] for a in AXES]
+  slices = num_slices(cfg)
+  if num_devices % slices:
     raise ConfigError(
-        f'config.mesh: dcn sizes {dcn} ask for {num_slices} slices but {num_devices} devices '
+        f'config.mesh: dcn sizes {dcn} ask for {slices} slices but {num_devices} devices '
         f'cannot be split into them; fix config.mesh.dcn_*.')
-  ici = _fill([cfg[a] for a in AXES], num_devices // num_slices, 'data/fsdp/tensor')
+  ici = _fill([cfg[a] for a in AXES], num_devices // slices, 'data/fsdp/tensor')
   return ici, dcn
 
 
