@@ -96,7 +96,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Warmup as a fraction of each run's steps, rounded up, when warmup_steps is 0 (the paper's
   # scripts: 0.1), so short proxy runs and long ones warm up alike.
   c.train.warmup_ratio = 0.1
-  c.train.schedule = 'cosine'  # cosine | linear | constant: decay after warmup to min_lr_ratio * lr
+  # cosine | linear | constant | wsd: after warmup, decay to min_lr_ratio * lr by the last step;
+  # wsd (warmup-stable-decay) holds lr, then cools down over the last cooldown_fraction.
+  c.train.schedule = 'cosine'
+  c.train.cooldown_fraction = 0.2  # wsd: share of a run's steps its cooldown takes
+  c.train.cooldown_shape = '1-sqrt'  # wsd: how lr falls in the cooldown: 1-sqrt | linear
   c.train.min_lr_ratio = 0.1  # final learning rate as a fraction of the peak
   c.train.weight_decay = 0.1  # AdamW decay on matrices only (not biases, LayerNorm, embeddings)
   c.train.b1 = 0.9  # Adam beta1
@@ -152,6 +156,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Budgets where a full DDO checks the prediction, never fed to the fit: between the DDO
   # budgets it checks interpolation, above them extrapolation (the paper checks 0.6B).
   c.ddo.check_budgets = ()
+  # Train every plan entry once, as one warmup-stable-decay trunk to the largest budget, and
+  # each smaller budget as a cooldown branch off it (pipeline/trajectories.py): every budget
+  # for about the price of the largest. False: a separate run per entry and budget.
+  c.ddo.trajectories = False
 
   # --- AutoScale prediction --------------------------------------------------------------------
   c.predict = ml_collections.ConfigDict()

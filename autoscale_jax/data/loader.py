@@ -59,7 +59,7 @@ class Loader:
 
   def __init__(self, stores: Mapping[str, DomainStore], counts: np.ndarray, *, seed: int,
                batch_size: int, sharding: NamedSharding, start_step: int = 0,
-               prefetch: int = 2, max_epochs: int = 1):
+               prefetch: int = 2, max_epochs: int = 1, end_step: int | None = None):
     """Checks the run against the stores (counts, epochs); finds this process's batch slots.
 
     Args:
@@ -71,6 +71,7 @@ class Loader:
       start_step: first step to yield (resume needs no replay).
       prefetch: batches prepared ahead on a background thread (0 = none).
       max_epochs: most passes over a domain's rows; more raises DataError, >1 warns.
+      end_step: stop before this step (a run that trains a prefix of the stream of `counts`).
     """
     self.names, self._stores = list(stores), list(stores.values())
     self.counts = np.asarray(counts, np.int64)
@@ -86,6 +87,8 @@ class Loader:
     self.seed, self.batch_size, self.start_step = seed, batch_size, start_step
     self.prefetch = prefetch
     self.num_steps = mixture.num_steps(self.counts, batch_size)
+    if end_step is not None:
+      self.num_steps = min(self.num_steps, int(end_step))
     self._assemble = _Assembler(sharding, batch_size)
 
   def domain_counts_through(self, step: int) -> np.ndarray:

@@ -6,6 +6,7 @@ checks/<tokens>/, never read by the AutoScale fit, plus check.json: how far the 
 the reused optimum of the nearest DDO budget below are from the DDO optimum there.
 """
 
+import dataclasses
 import warnings
 
 import ml_collections
@@ -24,6 +25,7 @@ from autoscale_jax.mixing import (
   perturbation_plan,
 )
 from autoscale_jax.mixing.confidence import Noise, pooled_noise
+from autoscale_jax.pipeline import trajectories
 from autoscale_jax.pipeline.registry import (
   Experiment,
   RunSpec,
@@ -96,11 +98,34 @@ def ddo_plan(config: ml_collections.ConfigDict, names: list[str], natural: np.nd
   return plan, specs, plan[0].quantities
 
 
+def trajectory_layout(config: ml_collections.ConfigDict, names: list[str], natural: np.ndarray,
+                      trainable: np.ndarray, seq_len: int):
+  """ddo.trajectories: the largest budget's plan (perturbations, run specs: the trunks) and
+  trajectories.layout's shared warmup and per-entry Points at every budget."""
+  sizes = budgets(config)
+  nominal, specs, _ = ddo_plan(config, names, natural, trainable, sizes[-1], seq_len)
+  warmup, points = trajectories.layout(config, sizes, [s.counts for s in specs])
+  return nominal, specs, warmup, points
+
+
+def cost(config: ml_collections.ConfigDict, names: list[str], natural: np.ndarray,
+         trainable: np.ndarray, seq_len: int) -> tuple[int, int]:
+  """(tokens every DDO budget's runs train in all, what separate runs of them would train):
+  equal unless ddo.trajectories, whose branches train only their cooldown."""
+  if config.ddo.trajectories:
+    _, _, _, points = trajectory_layout(config, names, natural, trainable, seq_len)
+    sizes, batch = budgets(config), int(config.train.batch_size)
+    parts = [trajectories.tokens(points, b, batch, seq_len, sizes[-1]) for b in sizes]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+  total = sum(int(spec.counts.sum()) * seq_len for b in budgets(config)
+              for spec in ddo_plan(config, names, natural, trainable, b, seq_len)[1])
+  return total, total
+
+
 def total_tokens(config: ml_collections.ConfigDict, names: list[str], natural: np.ndarray,
                  trainable: np.ndarray, seq_len: int) -> int:
   """What every DDO budget's runs train in all (the proxy compute of AutoScale)."""
-  return sum(int(spec.counts.sum()) * seq_len for b in budgets(config)
-             for spec in ddo_plan(config, names, natural, trainable, b, seq_len)[1])
+  return cost(config, names, natural, trainable, seq_len)[0]
 
 
 def ddo_bounds(config: ml_collections.ConfigDict, base: np.ndarray,
@@ -117,8 +142,28 @@ def ddo_bounds(config: ml_collections.ConfigDict, base: np.ndarray,
   return lower, [float(u) for u in upper]
 
 
-def _plan(exp: Experiment, budget: int) -> tuple[list[Perturbation], list[RunSpec], np.ndarray]:
-  return ddo_plan(exp.config, exp.names, exp.natural, exp.trainable, budget, exp.seq_len)
+def _plan(exp: Experiment, budget: int,
+          root: str = 'budgets') -> tuple[list[Perturbation], list[RunSpec], np.ndarray]:
+  """A budget's plan: separate runs, or with ddo.trajectories (not for check budgets) the
+  trunks at the largest budget and their cooldown branches at the others."""
+  args = (exp.config, exp.names, exp.natural, exp.trainable)
+  if not (exp.config.ddo.trajectories and root == 'budgets'):
+    return ddo_plan(*args, budget, exp.seq_len)
+  nominal, tops, warmup, points = trajectory_layout(*args, exp.seq_len)
+  sizes = budgets(exp.config)
+  specs = []
+  for top, entry in zip(tops, points):
+    trunk = dataclasses.replace(top, trajectory=trajectories.kind(warmup))
+    fingerprint = exp.run_dir(trunk).name
+    branches = tuple(RunSpec(top.name, entry[b].counts, top.seed, stream=top.counts,
+                             trajectory=trajectories.kind(warmup, fingerprint,
+                                                          entry[b].branch_step))
+                     for b in sizes[:-1])
+    specs.append(dataclasses.replace(trunk, branches=branches) if budget == sizes[-1]
+                 else branches[sizes.index(budget)])
+  plan = trajectories.perturbations(nominal, [e[budget] for e in points], exp.trainable,
+                                    exp.seq_len)
+  return plan, specs, plan[0].quantities
 
 
 def check(exp: Experiment) -> list[int]:
@@ -127,7 +172,7 @@ def check(exp: Experiment) -> list[int]:
   sizes = budgets(exp.config)
   for field, group in (('budgets', sizes), ('check_budgets', check_budgets(exp.config))):
     for budget in group:
-      for spec in _plan(exp, budget)[1]:
+      for spec in _plan(exp, budget, 'budgets' if field == 'budgets' else CHECKS)[1]:
         exp.check_run(spec, f'config.ddo.{field} ({budget:,} tokens)')
   return sizes
 
@@ -140,12 +185,16 @@ def run_budget(exp: Experiment, budget: int, stage: str, root: str = 'budgets') 
   if optimum_path.exists():
     logging.info('[%s] done earlier; reusing %s.', stage, optimum_path)
     return read_json(optimum_path)
-  plan, specs, base = _plan(exp, budget)
+  plan, specs, base = _plan(exp, budget, root)
   write_json(folder / 'plan.json', {
       'budget': budget, 'domains': names, 'base_quantities': base.tolist(),
       'factors': list(config.ddo.factors), 'replicates': int(config.ddo.replicates),
+      'trajectories': any(s.trajectory for s in specs),
       'runs': [{'name': s.name, 'fingerprint': exp.run_dir(s).name, 'seed': s.seed,
-                'counts': s.counts.tolist(), **p.to_dict()} for s, p in zip(specs, plan)]})
+                'counts': s.counts.tolist(), **p.to_dict(),
+                'trained_tokens': _trained_tokens(exp, s),
+                **({'trajectory': s.trajectory} if s.trajectory else {})}
+               for s, p in zip(specs, plan)]})
   results = exp.train(specs, stage)
   objectives = np.array([r['objective'] for r in results])
   with warnings.catch_warnings(record=True) as caught:
@@ -173,11 +222,24 @@ def run_budget(exp: Experiment, budget: int, stage: str, root: str = 'budgets') 
   return optimum
 
 
+def _trained_tokens(exp: Experiment, spec: RunSpec) -> int:
+  """Tokens a run trains itself: a trajectory branch only its cooldown (from its branch step)."""
+  batch = int(exp.config.train.batch_size)
+  if spec.stream is not None:
+    steps = -(-int(spec.counts.sum()) // batch)
+    return (steps - int(spec.trajectory['branch_step'])) * batch * exp.seq_len
+  return int(spec.counts.sum()) * exp.seq_len
+
+
 def run(exp: Experiment) -> list[dict]:
-  """The optimum of every budget, smallest first (budgets done earlier are read back)."""
+  """The optimum of every budget, smallest first (budgets done earlier are read back). With
+  ddo.trajectories the largest budget trains first: its runs are the trunks the others branch
+  off."""
   sizes = check(exp)
-  return [run_budget(exp, b, f'ddo {k + 1}/{len(sizes)} @ {b:,} tokens')
-          for k, b in enumerate(sizes)]
+  order = sizes[-1:] + sizes[:-1] if exp.config.ddo.trajectories else sizes
+  optima = {b: run_budget(exp, b, f'ddo {k + 1}/{len(sizes)} @ {b:,} tokens')
+            for k, b in enumerate(order)}
+  return [optima[b] for b in sizes]
 
 
 def _l1(a, b) -> float:

@@ -5,6 +5,7 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
+from autoscale_jax.data import mixture as mixture_lib
 from autoscale_jax.data.mixture import counts_from_weights, num_steps, resolve_weights
 from autoscale_jax.lead import say
 from autoscale_jax.pipeline import compare, ddo, predict, validate
@@ -55,7 +56,10 @@ def rows(config: ml_collections.ConfigDict,
   if config.mode in ('ddo', 'autoscale') or {'autoscale', 'reuse'} & set(chosen):
     natural = config.ddo.base_weights == 'natural'
     checks = ddo.check_budgets(config) if config.mode == 'autoscale' else []
-    for stage, sizes in (('ddo', ddo.budgets(config)), ('check', checks)):
+    if config.ddo.trajectories:
+      planned += _trajectories(config, trainable, out)
+    for stage, sizes in ((('ddo', ddo.budgets(config)),) * (not config.ddo.trajectories)
+                         + (('check', checks),)):
       for b in sizes:
         _, specs, _ = ddo.ddo_plan(config, names, np.ones(len(names)), trainable, b, seq_len)
         for spec in specs:
@@ -107,6 +111,35 @@ def rows(config: ml_collections.ConfigDict,
   if config.mode in ('predict', 'autoscale'):
     out('predict: targets ' + ', '.join(f'{t:,}' for t in predict.targets(config)) + ' tokens')
   return planned
+
+
+def _trajectories(config: ml_collections.ConfigDict, trainable: np.ndarray,
+                  out: Callable[[str], None]) -> list[tuple[str, str, int, int, str]]:
+  """ddo.trajectories' rows: each trunk, then each branch's cooldown (what it trains itself)."""
+  names, seq_len = [d.name for d in config.data.domains], int(config.data.seq_len)
+  batch, sizes = int(config.train.batch_size), ddo.budgets(config)
+  _, tops, warmup, points = ddo.trajectory_layout(config, names, np.ones(len(names)), trainable,
+                                                  seq_len)
+  rows = []
+  for b in sizes[::-1]:
+    for spec, entry in zip(tops, points):
+      p = entry[b]
+      if p.branch_step is None:
+        stage, name, counts = f'ddo trunk {b:,}', spec.name + ' (wsd)', p.counts
+      else:
+        cooled = np.asarray(mixture_lib.prefix_counts(spec.counts, p.branch_step * batch))
+        stage, counts = f'ddo branch {b:,}', p.counts - cooled
+        name = f'{spec.name} (cooldown, steps {p.branch_step}-{p.steps} of the trunk)'
+      rows.append((stage, name, int(counts.sum()) * seq_len, p.trained_steps(),
+                   ' '.join(f'{int(c) * seq_len:,}' for c in counts)))
+  trained, separate = ddo.cost(config, names, np.ones(len(names)), trainable, seq_len)
+  target = predict.targets(config)[0]
+  out(f'ddo: trajectories, {len(tops)} trunks to {sizes[-1]:,} tokens with '
+      f'{len(tops) * (len(sizes) - 1)} cooldown branches (warmup {warmup} steps, cooldown '
+      f'{config.train.cooldown_fraction:g} of each run, {config.train.cooldown_shape}): '
+      f'{trained:,} proxy tokens, {trained / target:.2f}x the {target:,}-token target; separate '
+      f'runs of the same budgets: {separate:,} ({separate / target:.2f}x).')
+  return rows
 
 
 def _table(rows: list[tuple], names: list[str], out: Callable[[str], None]) -> None:

@@ -98,6 +98,9 @@ class RunSpec:
   """One training run a stage wants: its label, per-domain sequence counts and seed.
 
   `reference` and `kind` make it a DoReMi proxy run (Experiment.doremi_spec) against that run.
+  `trajectory` (train/trajectory.kind) makes it a 'wsd' run of a trajectory: a trunk, with the
+  `branches` it saves the starting states of, or a branch, trained on a prefix of the batches of
+  `stream` (its trunk's counts).
   """
   name: str
   counts: np.ndarray
@@ -105,6 +108,9 @@ class RunSpec:
   eval_every: int = 0
   reference: 'RunSpec | None' = None
   kind: dict | None = None
+  trajectory: dict | None = None
+  stream: np.ndarray | None = None
+  branches: tuple['RunSpec', ...] = ()
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple:
@@ -140,26 +146,40 @@ class Experiment:
     # Tokens of each mixture domain a run may train on: its rows, data.max_epochs times over.
     self.available_tokens = (self.rows[self.trainable] * int(config.data.max_epochs)
                              * float(self.seq_len))
-    # The compiled programs every run of the experiment shares (built when first trained).
+    # The compiled programs every run of the experiment shares (built when first trained); a
+    # trajectory's runs ('wsd' whatever train.schedule says) have their own.
     self.trainers = runs.Trainers(config, self.tokenizer, len(self.names))
+    self._wsd_trainers: runs.Trainers | None = None
     self._session_tokens = 0
     self._session_seconds = 0.0
-    self._run_configs: dict[int, ml_collections.ConfigDict] = {}
+    self._run_configs: dict[tuple, ml_collections.ConfigDict] = {}
 
   # -- configuration of one run
   def run_config(self, spec: RunSpec) -> ml_collections.ConfigDict:
-    """The experiment's config with the run's evaluation cadence (one copy per cadence)."""
-    every = int(spec.eval_every)
-    if every not in self._run_configs:
+    """The experiment's config with the run's evaluation cadence, and for a trajectory's run
+    the 'wsd' schedule (one copy per cadence and schedule)."""
+    key = (int(spec.eval_every), spec.trajectory is not None)
+    if key not in self._run_configs:
       config = copy.deepcopy(self.config)
-      config.train.eval_every = every
-      self._run_configs[every] = config
-    return self._run_configs[every]
+      config.train.eval_every = key[0]
+      if key[1]:
+        config.train.schedule = 'wsd'
+      self._run_configs[key] = config
+    return self._run_configs[key]
+
+  def trainers_for(self, spec: RunSpec):
+    from autoscale_jax.train import runs
+    if spec.trajectory is None or self.config.train.schedule == 'wsd':
+      return self.trainers
+    if self._wsd_trainers is None:
+      self._wsd_trainers = runs.Trainers(self.run_config(spec), self.tokenizer, len(self.names))
+    return self._wsd_trainers
 
   def run_dir(self, spec: RunSpec) -> epath.Path:
     from autoscale_jax.train.runs import run_fingerprint
     return self.workdir / 'runs' / run_fingerprint(self.run_config(spec), spec.counts, spec.seed,
-                                                   self.tokenizer.hash, spec.kind)
+                                                   self.tokenizer.hash,
+                                                   spec.kind or spec.trajectory)
 
   def doremi_spec(self, name: str, counts: np.ndarray, reference: RunSpec, *,
                   step_size: float, smoothing: float) -> RunSpec:
@@ -220,9 +240,11 @@ class Experiment:
     logging.info('[%s] %d runs: %d finished earlier, %d to train.', stage, len(specs),
                  len(specs) - len(todo), len(todo))
     remaining = sum(int(specs[k].counts.sum()) for k in todo) * self.seq_len
-    groups: dict[tuple, list[int]] = {}  # by cadence; DoReMi proxy runs apart
+    groups: dict[tuple, list[int]] = {}  # by cadence; DoReMi runs, trajectories' runs apart
     for k in todo:
-      groups.setdefault((specs[k].eval_every, specs[k].kind is not None), []).append(k)
+      groups.setdefault((specs[k].eval_every, specs[k].kind is not None,
+                         specs[k].trajectory is not None, specs[k].stream is not None),
+                        []).append(k)
     with Progress(len(specs), f'[{stage}] runs', 'run', initial=len(specs) - len(todo)) as bar:
       for members in groups.values():
         t0 = time.time()
@@ -243,8 +265,9 @@ class Experiment:
 
   def _train_group(self, specs: Sequence[RunSpec], stage: str) -> list[dict]:
     """Runs of one evaluation cadence (any seeds), stacked or one after another (DoReMi proxy
-    runs, whose references must be finished, one after another); in the synthetic world
-    (config.world), their results straight from its law."""
+    runs, whose references must be finished, and trajectory branches, each from its own
+    branch point, one after another); in the synthetic world (config.world), their results
+    straight from its law."""
     from autoscale_jax.train import runs
     if self.config.world == 'synthetic':
       out = []
@@ -265,10 +288,15 @@ class Experiment:
                          step_size=s.kind['step_size'], smoothing=s.kind['smoothing'],
                          stores=self.stores, tokenizer=self.tokenizer, trainers=self.trainers)
               for s in specs]
+    trainers = self.trainers_for(specs[0])
+    if specs[0].stream is not None:
+      from autoscale_jax.train import trajectory
+      return [trajectory.run_branch(self.run_config(s), self._run(s, stage), stores=self.stores,
+                                    tokenizer=self.tokenizer, trainers=trainers) for s in specs]
     return runs.run_many(
         self.run_config(specs[0]),
         [self._run(s, stage) for s in specs], stores=self.stores, tokenizer=self.tokenizer,
-        trainers=self.trainers)
+        trainers=trainers)
 
   # -- downstream evaluation
   def downstream(self, specs: Sequence[RunSpec]) -> list[dict | None]:
@@ -326,5 +354,10 @@ class Experiment:
     return {**result, 'scores': scores}
 
   def _run(self, spec: RunSpec, stage: str):
-    from autoscale_jax.train import runs
-    return runs.Run(f'{stage}/{spec.name}', self.run_dir(spec), spec.counts, spec.seed)
+    from autoscale_jax.train import runs, trajectory
+    t = spec.trajectory
+    on_step = trajectory.branch_saver(
+        self.run_config(spec), [self._run(b, stage) for b in spec.branches],
+        self.tokenizer.hash) if spec.branches else None
+    return runs.Run(f'{stage}/{spec.name}', self.run_dir(spec), spec.counts, spec.seed,
+                    stream=spec.stream, warmup=t and t['warmup_steps'], kind=t, on_step=on_step)

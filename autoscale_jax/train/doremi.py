@@ -38,6 +38,7 @@ from autoscale_jax.train.trainer import (
   Batch,
   Trainer,
   TrainState,
+  as_horizon,
   lower_program,
   mesh_context,
   split_micro_batches,
@@ -87,7 +88,7 @@ def domain_excess(params, reference_params, batch: Batch, rng: jax.Array, *, per
   return sums, tokens
 
 
-def doremi_train_step(state: DoReMiState, batch: Batch, rng: jax.Array, total_steps: jax.Array,
+def doremi_train_step(state: DoReMiState, batch: Batch, rng: jax.Array, horizon: jax.Array,
                       reference_params, *, per_token_loss, per_example_loss, tx,
                       train_cfg: ml_collections.ConfigDict, grad_accum: int, num_domains: int,
                       mixture: Sequence[int], step_size: float, smoothing: float):
@@ -109,7 +110,7 @@ def doremi_train_step(state: DoReMiState, batch: Batch, rng: jax.Array, total_st
     w = weights[jnp.clip(mb['domain'], 0, num_domains - 1)]  # padding rows count 0 anyway
     return loss_sum * w, count * w
 
-  new_state, metrics = train_step(state, batch, rng, total_steps, per_example_loss=reweighted,
+  new_state, metrics = train_step(state, batch, rng, horizon, per_example_loss=reweighted,
                                   tx=tx, train_cfg=train_cfg, grad_accum=grad_accum,
                                   num_domains=num_domains)
   new_state = new_state.replace(weights=weights, weight_sum=state.weight_sum + weights)
@@ -181,9 +182,10 @@ class DoReMiTrainer:
       return self._init(jax.random.fold_in(rng, 1))  # the model init of trainer.init_state
 
   def step(self, state: DoReMiState, batch: Batch, rng: jax.Array,
-           total_steps: int) -> tuple[DoReMiState, dict]:
+           horizon: int | np.ndarray) -> tuple[DoReMiState, dict]:
     with mesh_context(self.mesh, self.trainer.rules):
-      return self._step(state, batch, rng, np.int32(total_steps), self.reference_params)
+      return self._step(state, batch, rng, as_horizon(self.trainer.train_cfg, horizon),
+                        self.reference_params)
 
   def evaluate(self, params, batches, rng: jax.Array) -> np.ndarray:
     return self.trainer.evaluate(params, batches, rng)

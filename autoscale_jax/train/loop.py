@@ -14,7 +14,7 @@ train/runs.py; this module also holds the per-run records both of them write.
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import jax
@@ -164,7 +164,8 @@ def _log_line(label: str, step: int, last: int, losses: np.ndarray, n: int,
 def train_loop(program: Program, state: Any, *, start: int, batches: Iterable,
                members: list[Member], ckpt: Checkpointer, label: str, domains: list[str],
                config: ml_collections.ConfigDict, flops_per_token: float,
-               peak_flops: float) -> tuple[Any, int]:
+               peak_flops: float, after_step: Callable[[int, Any], None] | None = None
+               ) -> tuple[Any, int]:
   """Steps `program` from `start` over `batches` until every member reached its length.
 
   Member r trains while step <= members[r].total_steps (the program freezes it after); it is
@@ -172,7 +173,8 @@ def train_loop(program: Program, state: Any, *, start: int, batches: Iterable,
   before its end and once at its end. Checkpoints come every train.checkpoint_every steps, at
   the end and on preemption, always after the metrics are flushed (after a kill, metrics.jsonl
   may run past the restored checkpoint, which a resumed run truncates, but never stops short of
-  it) and never of a non-finite state. Returns the final state and step.
+  it) and never of a non-finite state. `after_step(step, state)` runs after every step (a
+  trajectory's trunk saves its branch points there). Returns the final state and step.
   """
   tcfg = config.train
   n = len(members)
@@ -203,6 +205,8 @@ def train_loop(program: Program, state: Any, *, start: int, batches: Iterable,
     for batch in batches:
       state, metrics = program.step(state, batch)
       step += 1
+      if after_step is not None:
+        after_step(step, state)
       active = [r for r in range(n) if step <= totals[r]]  # the runs that trained at this step
       tokens += len(active) * tokens_per_run_step
       stop = ckpt.reached_preemption(step) and step < last

@@ -16,7 +16,8 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,18 +45,26 @@ OPTIMIZER_FIELDS = ('batch_size', 'grad_accum', 'lr', 'warmup_steps', 'schedule'
 EVAL_FIELDS = ('objective', 'objective_weights', 'batch_size')
 # Fields added after runs were first fingerprinted, with the value every earlier run had: a
 # field is hashed only away from that value, so adding one changes no existing fingerprint.
-# ('train', 'warmup_ratio') counts only where it acts, i.e. when train.warmup_steps is 0.
+# ('train', 'warmup_ratio') counts only where it acts, i.e. when train.warmup_steps is 0; the
+# cooldown's fields (WSD_FIELDS) only when train.schedule is 'wsd', which no earlier run used.
 LATER_FIELDS = {('model', 'scan_unroll'): 1, ('model', 'attention_impl'): 'xla',
                 ('train', 'warmup_ratio'): 0.0, ('eval', 'perplexity'): 'token'}
+WSD_FIELDS = ('cooldown_fraction', 'cooldown_shape')
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One run to train: its label in logs, its directory, sequences per domain and seed."""
+  """One run to train: its label in logs, its directory, sequences per domain and seed; for a
+  trajectory's runs (train/trajectory.py) also the counts its batches are a prefix of (`stream`,
+  never stacked), its `warmup` steps, a fingerprint `kind`, and `on_step(step, state_fn)`."""
   name: str
   run_dir: epath.Path
   counts: np.ndarray
   seed: int
+  stream: np.ndarray | None = None
+  warmup: int | None = None
+  kind: dict | None = None
+  on_step: Callable[[int, Callable[[], Any]], None] | None = None
 
 
 def _plain(value):
@@ -79,6 +88,8 @@ def run_description(config: ml_collections.ConfigDict, counts: np.ndarray, seed:
       value = legacy  # a fixed warmup_steps overrides the ratio
     if value != legacy:
       shaping_sections['optimizer' if section == 'train' else section][field] = value
+  if config.train.schedule == 'wsd':
+    shaping_sections['optimizer'].update({k: config.train[k] for k in WSD_FIELDS})
   shaping = {
       **shaping_sections,
       'seq_len': config.data.seq_len,
@@ -174,11 +185,11 @@ class Trainers:
 class _Single:
   """loop.Program of one run: the trainer's step with the run's key and length."""
 
-  def __init__(self, trainer: Trainer, seed: int, total_steps: int, val: list):
-    self.trainer, self.key, self.total_steps, self.val = trainer, run_key(seed), total_steps, val
+  def __init__(self, trainer: Trainer, seed: int, horizon: np.ndarray, val: list):
+    self.trainer, self.key, self.horizon, self.val = trainer, run_key(seed), horizon, val
 
   def step(self, state, batch):
-    return self.trainer.step(state, batch, self.key, self.total_steps)
+    return self.trainer.step(state, batch, self.key, self.horizon)
 
   def evaluate(self, state) -> np.ndarray:
     return self.trainer.evaluate(state.params, self.val, self.key)[None]
@@ -187,13 +198,13 @@ class _Single:
 class _Stack:
   """loop.Program of N stacked runs, each with its own key and length."""
 
-  def __init__(self, stacked: StackedTrainer, seeds: Sequence[int], totals: np.ndarray,
+  def __init__(self, stacked: StackedTrainer, seeds: Sequence[int], horizons: np.ndarray,
                val: list):
-    self.stacked, self.totals, self.val = stacked, totals, val
+    self.stacked, self.horizons, self.val = stacked, horizons, val
     self.keys = jnp.stack([run_key(s) for s in seeds])
 
   def step(self, state, batch):
-    return self.stacked.step(state, batch, self.keys, self.totals)
+    return self.stacked.step(state, batch, self.keys, self.horizons)
 
   def evaluate(self, state) -> np.ndarray:
     return self.stacked.evaluate(state.params, self.val, self.keys)
@@ -236,7 +247,7 @@ def finished(config: ml_collections.ConfigDict, run: Run, tokenizer,
   if not path.exists():
     return None
   result = json.loads(path.read_text())
-  fingerprint = run_fingerprint(config, run.counts, run.seed, tokenizer.hash, kind)
+  fingerprint = run_fingerprint(config, run.counts, run.seed, tokenizer.hash, kind or run.kind)
   if result.get('fingerprint', fingerprint) != fingerprint:
     raise ConfigError(f'[{run.name}] {run.run_dir} holds a finished run of another config '
                       f'(fingerprint {result["fingerprint"]}, not {fingerprint}); point this run '
@@ -262,7 +273,7 @@ def run(config: ml_collections.ConfigDict, spec: Run, *, stores: dict, tokenizer
   interface plus `settings` (hashed into the fingerprint) and `result(state)` (its entry in
   result.json, under settings['kind']).
   """
-  settings = kind.settings if kind is not None else None
+  settings = kind.settings if kind is not None else spec.kind
   done = finished(config, spec, tokenizer, settings)
   if done is not None:
     return done
@@ -288,18 +299,21 @@ def run(config: ml_collections.ConfigDict, spec: Run, *, stores: dict, tokenizer
     logging.info('[%s] resuming from the checkpoint at step %d of %d.', spec.name, start,
                  total_steps)
 
-  data = loader_lib.Loader(stores, counts, seed=spec.seed,
-                           batch_size=int(config.train.batch_size),
+  data = loader_lib.Loader(stores, counts if spec.stream is None else spec.stream,
+                           seed=spec.seed, batch_size=int(config.train.batch_size),
                            sharding=trainer.batch_shardings['domain'], start_step=start,
-                           prefetch=config.data.prefetch, max_epochs=config.data.max_epochs)
+                           prefetch=config.data.prefetch, max_epochs=config.data.max_epochs,
+                           end_step=total_steps)
   val = loader_lib.val_batches(stores, int(config.eval.batch_size),
                                trainer.batch_shardings['domain'])
   member = _member(spec, config, start, total_steps)
   t0 = time.time()
+  after_step = spec.on_step and (lambda step, state: spec.on_step(step, lambda: state))
   state, step = loop.train_loop(
-      _Single(trainer, spec.seed, total_steps, val), state, start=start, batches=data,
-      members=[member], ckpt=ckpt, label=spec.name, domains=names, config=config,
-      flops_per_token=trainer.model.flops_per_token, peak_flops=_peak(config, mesh))
+      _Single(trainer, spec.seed, optim.horizon(config.train, total_steps, spec.warmup), val), state, start=start,
+      batches=data, members=[member], ckpt=ckpt, label=spec.name, domains=names, config=config,
+      flops_per_token=trainer.model.flops_per_token, peak_flops=_peak(config, mesh),
+      after_step=after_step)
   seen = np.asarray(jax.device_get(state.domain_sequences), np.int64)
   result = loop.result_record(config, name=spec.name, fingerprint=fingerprint, names=names,
                               counts=counts, seen=seen, rows=_rows(stores), steps=step,
@@ -360,8 +374,10 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
   batch_size = int(config.train.batch_size)
   counts = [np.asarray(s.counts, np.int64) for s in specs]
   seeds = [int(s.seed) for s in specs]
-  fingerprints = [run_fingerprint(config, c, s, tokenizer.hash) for c, s in zip(counts, seeds)]
-  descriptions = [run_description(config, c, s, tokenizer.hash) for c, s in zip(counts, seeds)]
+  fingerprints = [run_fingerprint(config, c, s.seed, tokenizer.hash, s.kind)
+                  for c, s in zip(counts, specs)]
+  descriptions = [run_description(config, c, s.seed, tokenizer.hash, s.kind)
+                  for c, s in zip(counts, specs)]
   totals = np.array([checked_num_steps(s.name, c, batch_size) for s, c in zip(specs, counts)],
                     np.int64)
   n, last = len(specs), int(totals.max())
@@ -382,14 +398,14 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
   ckpt = checkpointer(config, stack_dir / 'checkpoints', fingerprint,
                        {s.name: d for s, d in zip(specs, descriptions)})
   restored = ckpt.restore(stacked.abstract_state)
-  lead.write_json(stack_dir / 'stack.json', {
-        'fingerprint': fingerprint, 'runs': [
-            {'name': s.name, 'dir': str(s.run_dir), 'fingerprint': f, 'total_steps': int(t)}
-            for s, f, t in zip(specs, fingerprints, totals)]})
+  lead.write_json(stack_dir / 'stack.json', {'fingerprint': fingerprint, 'runs': [
+      {'name': s.name, 'dir': str(s.run_dir), 'fingerprint': f, 'total_steps': int(t)}
+      for s, f, t in zip(specs, fingerprints, totals)]})
   for s, f, t in zip(specs, fingerprints, totals):
     _write_run_config(s, config, names=domains, fingerprint=f, total_steps=t,
                       stack={'fingerprint': fingerprint, 'dir': str(stack_dir)})
-  program = _Stack(stacked, seeds, totals, loader_lib.val_batches(
+  program = _Stack(stacked, seeds, np.stack([optim.horizon(config.train, t, s.warmup) for s, t in zip(specs, totals)]),
+                   loader_lib.val_batches(
       stores, int(config.eval.batch_size), stacked.run_batch_sharding))
   if restored is None:
     state, start = stacked.init_state(program.keys), 0
@@ -403,10 +419,15 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
   members = [_member(s, config, start, int(t)) for s, t in zip(specs, totals)]
   data.start_step = start
   t0 = time.time()
+  hooks = [(r, s.on_step) for r, s in enumerate(specs) if s.on_step]
+
+  def after_step(step: int, state) -> None:
+    for r, hook in hooks:
+      hook(step, lambda r=r: stacked.member(state, r))
   state, _ = loop.train_loop(
       program, state, start=start, batches=data, members=members, ckpt=ckpt, label=label,
       domains=domains, config=config, flops_per_token=trainer.model.flops_per_token,
-      peak_flops=_peak(config, mesh))
+      peak_flops=_peak(config, mesh), after_step=after_step if hooks else None)
   wall = time.time() - t0
   seen = np.asarray(jax.device_get(state.domain_sequences), np.int64)
   # Each run's directory also gets its own final checkpoint, as `run` leaves it.

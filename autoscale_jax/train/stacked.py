@@ -46,6 +46,7 @@ from autoscale_jax.train.trainer import (
   Trainer,
   TrainState,
   abstract_key,
+  as_horizon,
   eval_step,
   lower_program,
   merge_eval,
@@ -161,27 +162,27 @@ class StackedTrainer:
                              grad_accum=trainer.grad_accum, num_domains=trainer.num_domains)
     vstep = jax.vmap(step, in_axes=(0, 0, 0, 0), **spmd)
 
-    def masked_step(states: TrainState, batches, keys, total_steps):
-      new, metrics = vstep(states, batches, keys, total_steps)
-      active = states.step < total_steps  # a finished run keeps its state, bit for bit
+    def masked_step(states: TrainState, batches, keys, horizons):
+      new, metrics = vstep(states, batches, keys, horizons)
+      active = states.step < horizons[:, 0]  # a finished run keeps its state, bit for bit
 
       def keep(n, o):
         return jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
       return jax.tree.map(keep, new, states), metrics
 
-    def looped_step(states: TrainState, batches, keys, total_steps):
+    def looped_step(states: TrainState, batches, keys, horizons):
       def one(r, carry):
         states, metrics = carry
-        state, batch, key, total = (jax.tree.map(lambda x: x[r], t)
-                                    for t in (states, batches, keys, total_steps))
-        shapes = jax.eval_shape(step, state, batch, key, total)[1]
+        state, batch, key, horizon = (jax.tree.map(lambda x: x[r], t)
+                                      for t in (states, batches, keys, horizons))
+        shapes = jax.eval_shape(step, state, batch, key, horizon)[1]
         state, m = jax.lax.cond(  # a finished run is not stepped at all
-            state.step < total, lambda: step(state, batch, key, total),
+            state.step < horizon[0], lambda: step(state, batch, key, horizon),
             lambda: (state, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)))
         put = lambda xs, x: xs.at[r].set(x)  # noqa: E731
         return jax.tree.map(put, states, state), jax.tree.map(put, metrics, m)
 
-      shapes = jax.eval_shape(vstep, states, batches, keys, total_steps)[1]
+      shapes = jax.eval_shape(vstep, states, batches, keys, horizons)[1]
       metrics = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
       return jax.lax.fori_loop(0, num_runs, one, (states, metrics))
 
@@ -216,7 +217,7 @@ class StackedTrainer:
     return {'init': (keys,),
             'train_step': (self.abstract_state, trainer.abstract_batch(
                 int(trainer.train_cfg.batch_size), runs, self.batch_shardings), keys,
-                           jax.ShapeDtypeStruct(runs, jnp.int32, sharding=replicated)),
+                           jax.ShapeDtypeStruct(runs + (3,), jnp.int32, sharding=replicated)),
             'eval_step': (self.abstract_state.params,
                           trainer.abstract_batch(eval_batch_size, shardings=shared), keys)}
 
@@ -230,10 +231,12 @@ class StackedTrainer:
     with jax.set_mesh(self.mesh):
       return self._init(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
 
-  def step(self, state: TrainState, batch, keys: jax.Array, total_steps: np.ndarray):
-    """One step of every run; run r is total_steps[r] long and frozen once it got there."""
+  def step(self, state: TrainState, batch, keys: jax.Array, horizons: np.ndarray):
+    """One step of every run; run r has schedule horizons[r] (Trainer.step: int32[3] or its
+    total steps) and is frozen once it got to its end."""
     with mesh_context(self.mesh, self.rules):
-      return self._train_step(state, batch, keys, np.asarray(total_steps, np.int32))
+      return self._train_step(state, batch, keys, as_horizon(self.trainer.train_cfg, horizons,
+                                                                self.num_runs))
 
   def evaluate(self, params, batches, keys: jax.Array) -> np.ndarray:
     """Per-run, per-domain EVAL_STATS, float64 [N, m, 6]."""

@@ -76,12 +76,23 @@ def loss_and_grads(params, batch: Batch, rng: jax.Array, *, per_example_loss, gr
   return loss_sum, count, grads
 
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array, total_steps: jax.Array, *,
+def as_horizon(train_cfg: ml_collections.ConfigDict, value, runs: int = 0) -> np.ndarray:
+  """optim.horizon's int32[3] (int32[runs, 3] for a stack) from horizons as they are, or from
+  the runs' total steps (int, or int[runs]), with the config's warmup."""
+  value = np.asarray(value)
+  if value.ndim == (1 if runs else 0):
+    return np.stack([optim.horizon(train_cfg, int(t)) for t in value.reshape(-1)]).reshape(
+        value.shape + (3,))
+  return value.astype(np.int32)
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, horizon: jax.Array, *,
                per_example_loss, tx: optax.GradientTransformation,
                train_cfg: ml_collections.ConfigDict, grad_accum: int, num_domains: int):
   """One optimizer step on the global batch; pure, so it is the same on 1 or 1000 devices.
 
-  `total_steps` is an argument (not a constant) so runs of any length share the compiled step.
+  `horizon` (optim.horizon: the run's length, warmup and cooldown start) is an argument, not a
+  constant, so runs of any length share the compiled step.
   """
   step_rng = jax.random.fold_in(rng, state.step)
   loss_sum, count, grads = loss_and_grads(state.params, batch, step_rng,
@@ -90,7 +101,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, total_steps: jax
   count = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  lr = optim.learning_rate(train_cfg, state.step, total_steps)
+  lr = optim.learning_rate(train_cfg, state.step, horizon)
   params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, updates)
   mask = batch.get('mask', jnp.ones(batch['domain'].shape, jnp.float32))
   seen = jax.ops.segment_sum((mask > 0).astype(jnp.int32), batch['domain'],
@@ -306,7 +317,7 @@ class Trainer:
     ahead of time, for this machine's devices or a TPU slice's that is not here (preflight)."""
     replicated = NamedSharding(self.mesh, P())
     key = abstract_key(replicated)
-    total = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    total = jax.ShapeDtypeStruct((3,), jnp.int32, sharding=replicated)
     return {'init': (key,),
             'train_step': (self.abstract_state, self.abstract_batch(
                 int(self.train_cfg.batch_size)), key, total),
@@ -338,10 +349,11 @@ class Trainer:
     return {k: jax.device_put(np.asarray(v), self.batch_shardings[k]) for k, v in batch.items()}
 
   def step(self, state: TrainState, batch: Batch, rng: jax.Array,
-           total_steps: int) -> tuple[TrainState, dict]:
-    """One step of a run with key `rng` that is `total_steps` long (sets the schedule)."""
+           horizon: int | np.ndarray) -> tuple[TrainState, dict]:
+    """One step of a run with key `rng` and schedule `horizon` (optim.horizon's int32[3], or
+    the run's total steps, from which the config's schedule derives the rest)."""
     with mesh_context(self.mesh, self.rules):
-      return self._train_step(state, batch, rng, np.int32(total_steps))
+      return self._train_step(state, batch, rng, as_horizon(self.train_cfg, horizon))
 
   def evaluate(self, params, batches: Iterable[Batch], rng: jax.Array) -> np.ndarray:
     """Per-domain EVAL_STATS [m, 6] (float64) over fixed validation batches."""
