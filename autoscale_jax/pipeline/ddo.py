@@ -151,7 +151,18 @@ def _plan(exp: Experiment, budget: int,
     return ddo_plan(*args, budget, exp.seq_len)
   nominal, tops, warmup, points = trajectory_layout(*args, exp.seq_len)
   sizes = budgets(exp.config)
-  specs = []
+  trunks = trajectory_specs(exp, tops, sizes, warmup, points)
+  specs = trunks if budget == sizes[-1] else [t.branches[sizes.index(budget)] for t in trunks]
+  plan = trajectories.perturbations(nominal, [e[budget] for e in points], exp.trainable,
+                                    exp.seq_len)
+  return plan, specs, plan[0].quantities
+
+
+def trajectory_specs(exp: Experiment, tops: list[RunSpec], sizes: list[int], warmup: int,
+                     points: list[dict]) -> list[RunSpec]:
+  """Each run of the largest size as a trunk, with its branches at the smaller sizes (in order);
+  trajectories.layout gives `warmup` and `points`."""
+  trunks = []
   for top, entry in zip(tops, points):
     trunk = dataclasses.replace(top, trajectory=trajectories.kind(warmup))
     fingerprint = exp.run_dir(trunk).name
@@ -159,11 +170,8 @@ def _plan(exp: Experiment, budget: int,
                              trajectory=trajectories.kind(warmup, fingerprint,
                                                           entry[b].branch_step))
                      for b in sizes[:-1])
-    specs.append(dataclasses.replace(trunk, branches=branches) if budget == sizes[-1]
-                 else branches[sizes.index(budget)])
-  plan = trajectories.perturbations(nominal, [e[budget] for e in points], exp.trainable,
-                                    exp.seq_len)
-  return plan, specs, plan[0].quantities
+    trunks.append(dataclasses.replace(trunk, branches=branches))
+  return trunks
 
 
 def check(exp: Experiment) -> list[int]:
