@@ -285,7 +285,8 @@ def report_section() -> str:
     modes = ss.read_summary('direct')['pinned_modes']
     lines += [f"| extrapolate | separate cosine runs, 2 budgets (scale study) | "
               f"{modes['extrapolate']['l1']:.3f} |",
-              f"| hold | separate cosine runs, 2 budgets (scale study) | {modes['hold']['l1']:.3f} |",
+              f"| hold | separate cosine runs, 2 budgets (scale study) | "
+              f"{modes['hold']['l1']:.3f} |",
               f"| reuse the 800k optimum | trajectories | "
               f"{l1(d['budgets'][str(LARGE)]['optimum']['weights'], direct['ddo']):.3f} |",
               f"| reuse the 800k optimum | separate cosine runs (scale study) | "

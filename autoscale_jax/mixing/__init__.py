@@ -4,7 +4,13 @@ Pure math over arrays (numpy in and out, float64 jax inside, scoped so training 
 default dtypes); it knows nothing of training or data.
 """
 
-from autoscale_jax.mixing.autoscale import PINNED_MODES, AutoScaleModel, WeightInterval, cap_to_data
+from autoscale_jax.mixing.autoscale import (
+  PINNED_MODES,
+  AutoScaleModel,
+  PathTest,
+  WeightInterval,
+  cap_to_data,
+)
 from autoscale_jax.mixing.ddo import (
                                       DDOProblem,
                                       Perturbation,
@@ -25,9 +31,9 @@ from autoscale_jax.mixing.powerlaw import (
 from autoscale_jax.mixing.regmix import RegMixRegressor, regmix_search
 
 __all__ = [
-    'PINNED_MODES', 'AutoScaleModel', 'DDOProblem', 'DegenerateFitWarning', 'Perturbation',
-    'PowerLaw', 'WeightInterval', 'bootstrap_fits', 'cap_to_data', 'ddo_weights', 'fit_domains',
-    'fit_power_law', 'perturbation_plan', 'pinned_domains', 'solve_ddo',
+    'PINNED_MODES', 'AutoScaleModel', 'DDOProblem', 'DegenerateFitWarning', 'PathTest',
+    'Perturbation', 'PowerLaw', 'WeightInterval', 'bootstrap_fits', 'cap_to_data', 'ddo_weights',
+    'fit_domains', 'fit_power_law', 'perturbation_plan', 'pinned_domains', 'solve_ddo',
     'MixingLaw', 'RegMixRegressor', 'doremi_update', 'regmix_search', 'temperature_weights',
     'unimax_weights',
 ]

@@ -135,6 +135,26 @@ def _rank_one(logs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
   return alpha, step * vt[0], (scores - scores[0]) / step, residual
 
 
+@dataclasses.dataclass(frozen=True)
+class PathTest:
+  """AutoScaleModel.path_test: the observed RMS log-quantity residual of the fitted path, the
+  residuals noise alone gives when the optima do lie on one path, and the p-value."""
+  residual: float
+  null: np.ndarray
+  p_value: float
+  alpha: float = 0.05
+
+  @property
+  def verdict(self) -> str:
+    return 'one path' if self.p_value >= self.alpha else 'no consistent path'
+
+  def to_dict(self) -> dict[str, Any]:
+    return {'residual': self.residual, 'p_value': self.p_value, 'alpha': self.alpha,
+            'verdict': self.verdict, 'samples': int(self.null.size),
+            'null_median': float(np.median(self.null)),
+            'null_95': float(np.quantile(self.null, 0.95))}
+
+
 def cap_to_data(quantities: ArrayLike, available: ArrayLike) -> tuple[np.ndarray, list[int]]:
   """Quantities with none above what the data allows, keeping their total: a domain over its
   cap is set to it and the excess goes to the others in proportion to their quantities (again
@@ -302,6 +322,40 @@ class AutoScaleModel:
     draws = np.array(draws)
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return WeightInterval(self.predict_weights(target), low, high, draws)
+
+  def path_test(self, samples: int = 100, noise: float | None = None, seed: int = 0,
+                alpha: float = 0.05) -> 'PathTest':
+    """Do 3 or more budgets' optima follow one path, within their noise?
+
+    Resampling every budget's fits as predict_weights_interval does gives each optimum's spread
+    around itself; those deviations, added to the points of the fitted path, give the residuals
+    the noise alone would make if the optima lay on one path. p is the share of them at or above
+    the observed residual (counting the observed one): below `alpha`, no consistent path.
+    """
+    if self.ddo is None or len(self.budgets) < 3:
+      raise UserError('path_test needs a model from from_ddo with 3 or more budgets (two '
+                      'budgets always lie on one path).')
+    rng = np.random.default_rng(seed)
+    refits = [[bootstrap_fits(f, samples, rng, noise) for f in p.fits] for p in self.ddo]
+    free = self._free
+    logs = []
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      for s in range(samples):
+        logs.append([np.log(dataclasses.replace(p, fits=tuple(f[s] for f in fits)).optimum())
+                     for p, fits in zip(self.ddo, refits)])
+    deviations = np.array(logs)[:, :, free]
+    deviations -= deviations.mean(axis=0)
+    path = self.alpha[free] + np.outer(self.t, self.slope[free])
+    null = []
+    for d in deviations:
+      try:
+        null.append(_rank_one(path + d)[3])
+      except UserError:  # noise folded two budgets onto each other: no path at all
+        null.append(np.inf)
+    null = np.array(null)
+    p_value = float((1 + np.sum(null >= self.residual)) / (1 + samples))
+    return PathTest(self.residual, null, p_value, alpha)
 
   def to_dict(self) -> dict[str, Any]:
     """The inputs that rebuild this model exactly (from_dict refits them)."""

@@ -93,6 +93,9 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
         t, level=float(config.predict.interval_level),
         samples=int(config.predict.interval_samples),
         noise=sigma['sigma'] or None, seed=int(config.seed)) for t in goals}
+    path = (model.path_test(samples=int(config.predict.interval_samples),
+                            noise=sigma['sigma'] or None, seed=int(config.seed)).to_dict()
+            if len(budgets) >= 3 else None)
   notes = sorted({str(w.message) for w in caught})
   if available is None:
     notes.append('the DDO results predate the record of the data on disk, so predictions are '
@@ -116,7 +119,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
       'domains': names, 'budgets': budgets, 'notes': notes, 'pinned': mode, 'noise': sigma,
       'level': float(config.predict.interval_level),
       'optima': {tokens_key(b): o['weights'] for b, o in zip(budgets, optima)},
-      'targets': entries,
+      'targets': entries, 'path': path,
       'checks': {tokens_key(b): _capped(model, b, available, names)[0].tolist()
                  for b in ddo.check_budgets(config)},
       'geometric': [{'tokens': float(q.sum()), 'weights': (q / q.sum()).tolist()}

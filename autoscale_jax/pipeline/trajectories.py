@@ -24,7 +24,6 @@ from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import Perturbation
 from autoscale_jax.train import optim
 
-
 KIND = 'trajectory'
 
 
@@ -80,7 +79,8 @@ def layout(config: ml_collections.ConfigDict, budgets: list[int],
       optim.horizon(wsd, s, warmup)  # refuses a cooldown that starts inside the warmup
       counts = (c if b == top else
                 np.asarray(mixture.prefix_counts(c, s * batch), np.int64))
-      points[b] = Point(counts, s, None if b == top else optim.cooldown_start(s, wsd.cooldown_fraction))
+      start = None if b == top else optim.cooldown_start(s, wsd.cooldown_fraction)
+      points[b] = Point(counts, s, start)
     out.append(points)
   return warmup, out
 

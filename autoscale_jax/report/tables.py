@@ -87,6 +87,16 @@ def _noise_line(predictions: dict) -> str:
           'DDO point has replicates to measure it; set ddo.replicates > 1.')
 
 
+def _path_line(path: dict | None) -> list[str]:
+  """The 3+ budget test of whether the optima follow one path (absent with two budgets)."""
+  if not path:
+    return []
+  return [f"Do the optima follow one path? **{path['verdict']}**: residual {path['residual']:.3g} "
+          f"against {path['null_median']:.3g} (median; 95th percentile {path['null_95']:.3g}) "
+          f"when the measured noise alone moves optima that lie on one path, p = "
+          f"{path['p_value']:.2f} ({path['samples']} resamples)."]
+
+
 def prediction(results: Results) -> list[str]:
   predictions, model = results.predictions, results.model
   if predictions is None:
@@ -98,7 +108,7 @@ def prediction(results: Results) -> list[str]:
          f"{', '.join(tokens(b) for b in predictions['budgets'])} tokens; scale t = "
          f"{', '.join(f'{t:.3f}' for t in model['t'])}, residual {model['residual']:.3g}"
          + (f"; held at their last weight: {', '.join(model['held'])}" if model['held'] else '')
-         + '.', '']
+         + '.', *_path_line(predictions.get('path')), '']
   head = ['domain', *[f'optimal @ {tokens(int(b))}' for b in predictions['optima']]]
   cols = [predictions['optima'][b] for b in predictions['optima']]
   for t, p in predictions['targets'].items():
@@ -120,6 +130,8 @@ def prediction(results: Results) -> list[str]:
               '(config.data.max_epochs); the others share the excess.']
   for note in predictions.get('notes', []):
     out += [f'- note: {note}']
+  if not results.validations:  # else the verdicts carry it
+    out += ['', *cost(results, max(int(t) for t in predictions['targets']))]
   return out + ['']
 
 
@@ -167,9 +179,34 @@ def downstream(block: dict | None) -> list[str]:
   return out
 
 
-def _tokens_trained(plans: list[dict]) -> tuple[float, int]:
+def _tokens_trained(plans: list[dict]) -> tuple[float, float, int]:
+  """(tokens the plans' runs trained themselves, what they would as separate runs, runs): a
+  trajectory branch trains only its cooldown (plan.json 'trained_tokens')."""
   runs = [r for p in plans for r in p['runs']]
-  return float(sum(sum(r['quantities']) for r in runs)), len(runs)
+  return (float(sum(r.get('trained_tokens', sum(r['quantities'])) for r in runs)),
+          float(sum(sum(r['quantities']) for r in runs)), len(runs))
+
+
+def cost(results: Results, target: float) -> list[str]:
+  """The report's cost line: what the DDO proxies trained, and how, against one target run."""
+  if not results.budgets:
+    return []
+  trained, separate, runs = _tokens_trained([b['plan'] for b in results.budgets])
+  line = (f'What the answer cost: the DDO proxy runs trained {trained:,.0f} tokens, '
+          f'{trained / target:.2f}x one run at the {tokens(target)} target')
+  trunks = [r for b in results.budgets for r in b['plan']['runs']
+            if r.get('trajectory') and 'trunk' not in r['trajectory']]
+  if trunks:
+    line += (f', as {len(trunks)} warmup-stable-decay trunks with {runs - len(trunks)} cooldown '
+             f'branches (ddo.trajectories); the same {runs} runs trained separately would cost '
+             f'{separate:,.0f} ({separate / target:.2f}x).')
+  else:
+    line += f', in {runs} separate runs.'
+  if results.checks:
+    check_tokens, _, check_runs = _tokens_trained([c['plan'] for c in results.checks])
+    line += (f' The check budgets (not needed for the answer) trained {check_tokens:,.0f} '
+             f'more in {check_runs} runs.')
+  return [line]
 
 
 def verdicts(results: Results) -> list[str]:
@@ -201,15 +238,7 @@ def verdicts(results: Results) -> list[str]:
                  [[d, *[_domain_cell(c['domains'][d]) for c in v['verdicts'].values()]]
                   for d in v['domains']])
     out += downstream(v.get('downstream'))
-  ddo_tokens, ddo_runs = _tokens_trained([b['plan'] for b in results.budgets])
-  target = results.validations[0]['target']
-  out += [f'What the answer cost: the DDO proxy runs trained {ddo_tokens:,.0f} tokens in '
-          f'{ddo_runs} runs, {ddo_tokens / target:.2f}x one run at the {tokens(target)} target.']
-  if results.checks:
-    check_tokens, check_runs = _tokens_trained([c['plan'] for c in results.checks])
-    out[-1] += (f' The check budgets (not needed for the answer) trained {check_tokens:,.0f} '
-                f'more in {check_runs} runs.')
-  return out + ['']
+  return out + cost(results, results.validations[0]['target']) + ['']
 
 
 def _proxy_runs(sizes: dict | None) -> list[str]:

@@ -310,10 +310,10 @@ def run(config: ml_collections.ConfigDict, spec: Run, *, stores: dict, tokenizer
   t0 = time.time()
   after_step = spec.on_step and (lambda step, state: spec.on_step(step, lambda: state))
   state, step = loop.train_loop(
-      _Single(trainer, spec.seed, optim.horizon(config.train, total_steps, spec.warmup), val), state, start=start,
-      batches=data, members=[member], ckpt=ckpt, label=spec.name, domains=names, config=config,
-      flops_per_token=trainer.model.flops_per_token, peak_flops=_peak(config, mesh),
-      after_step=after_step)
+      _Single(trainer, spec.seed, optim.horizon(config.train, total_steps, spec.warmup), val),
+      state, start=start, batches=data, members=[member], ckpt=ckpt, label=spec.name,
+      domains=names, config=config, flops_per_token=trainer.model.flops_per_token,
+      peak_flops=_peak(config, mesh), after_step=after_step)
   seen = np.asarray(jax.device_get(state.domain_sequences), np.int64)
   result = loop.result_record(config, name=spec.name, fingerprint=fingerprint, names=names,
                               counts=counts, seen=seen, rows=_rows(stores), steps=step,
@@ -404,8 +404,8 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
   for s, f, t in zip(specs, fingerprints, totals):
     _write_run_config(s, config, names=domains, fingerprint=f, total_steps=t,
                       stack={'fingerprint': fingerprint, 'dir': str(stack_dir)})
-  program = _Stack(stacked, seeds, np.stack([optim.horizon(config.train, t, s.warmup) for s, t in zip(specs, totals)]),
-                   loader_lib.val_batches(
+  horizons = np.stack([optim.horizon(config.train, t, s.warmup) for s, t in zip(specs, totals)])
+  program = _Stack(stacked, seeds, horizons, loader_lib.val_batches(
       stores, int(config.eval.batch_size), stacked.run_batch_sharding))
   if restored is None:
     state, start = stacked.init_state(program.keys), 0
