@@ -8,8 +8,8 @@ pay them once per step for all runs:
   state    every leaf of the TrainState gets a leading run axis [N, ...] (params, Adam moments,
            step, domain_sequences); run r starts from the state its own seed gives it alone.
   step     the pure trainer.train_step for every run, each with its own key, batch and schedule
-           length total_steps[r]. On accelerators (and whenever the run axis is sharded) the
-           runs are vmapped: a run that has consumed its tokens (step >= its total_steps) still
+           horizon[r] (its length first). On accelerators (and whenever the run axis is sharded)
+           the runs are vmapped: a run that has consumed its tokens (step >= its length) still
            goes through the step on an all-padding batch, but its new state is discarded by a
            select, so it stops exactly where it would stop alone. On CPU a folded stack is a
            loop over the runs inside the one program instead (plain steps, finished runs skipped
@@ -234,9 +234,9 @@ class StackedTrainer:
   def step(self, state: TrainState, batch, keys: jax.Array, horizons: np.ndarray):
     """One step of every run; run r has schedule horizons[r] (Trainer.step: int32[3] or its
     total steps) and is frozen once it got to its end."""
+    horizons = as_horizon(self.trainer.train_cfg, horizons, self.num_runs)
     with mesh_context(self.mesh, self.rules):
-      return self._train_step(state, batch, keys, as_horizon(self.trainer.train_cfg, horizons,
-                                                                self.num_runs))
+      return self._train_step(state, batch, keys, horizons)
 
   def evaluate(self, params, batches, keys: jax.Array) -> np.ndarray:
     """Per-run, per-domain EVAL_STATS, float64 [N, m, 6]."""
