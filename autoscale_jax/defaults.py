@@ -13,6 +13,22 @@ REDPAJAMA = {'cc': 'common_crawl', 'c4': 'c4', 'github': 'github', 'books': 'boo
 LLAMA_WEIGHTS = {'cc': 0.67, 'c4': 0.15, 'github': 0.045, 'books': 0.045, 'wiki': 0.045,
                  'arxiv': 0.025, 'stackexchange': 0.02}
 
+# The presets of config.world: each a config.synthetic (a field left at None takes the preset's
+# value). How each was calibrated is in docs/design.md ("Synthetic worlds").
+# cpu: the scale study's pilot (bench/RESULTS.md): the demo model's seed noise and per-domain
+# effects of tripling a domain at 50k-800k tokens.
+# paper: the AutoScale paper's GPT-2 Large DDO at 1.2B tokens (cutting a domain to 1/5 costs
+# its own perplexity 20-30%, the mean 1-8%), with little noise; noiseless: the same, none.
+WORLD_PRESETS = {
+    'cpu': dict(scale=90_000.0, reference=200_000.0, irreducible=2.3, reducible=3.7,
+                exponent=0.42, spread=0.3, transfer=0.15, concentration=5.0, noise=0.055,
+                noise_exponent=-0.3, noise_spread=0.5, shared=0.5),
+    'paper': dict(scale=1e7, reference=1.2e9, irreducible=2.0, reducible=1.0, exponent=0.3,
+                  spread=0.15, transfer=0.1, concentration=0.5, noise=0.005, noise_exponent=0.0,
+                  noise_spread=0.0, shared=0.5),
+}
+WORLD_PRESETS['noiseless'] = {**WORLD_PRESETS['paper'], 'noise': 0.0}
+
 
 def domain(name: str, source: str, text_key: str = 'text', eval_only: bool = False,
            val_sequences: int = 0, data_dir: str = '') -> ml_collections.ConfigDict:
@@ -46,8 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.mode = 'autoscale'
   c.seed = 0  # seeds parameter init, dropout, the mixture sampler and BERT masking
   c.dry_run = False  # print the run plan (runs, tokens, steps, devices) and exit without training
-  # '' trains every run; 'synthetic' reads each run's losses off a known law instead
-  # (autoscale_jax/pipeline/world.py): whole pipelines in seconds, for tests.
+  # '' trains every run; otherwise each run's losses are read off a known law instead
+  # (autoscale_jax/pipeline/world.py): whole pipelines in seconds. 'synthetic' is the tests' one
+  # fixed world; 'cpu', 'paper' and 'noiseless' are presets of a family of worlds drawn by
+  # config.synthetic (calibrated as docs/design.md says).
   c.world = ''
 
   # --- model ---------------------------------------------------------------------------------
@@ -168,13 +186,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.predict.interval_samples = 100  # bootstrap samples behind the interval
   # Seed-to-seed spread of objective ratios (std) used to resample the fits. Only a fallback: with
   # ddo.replicates > 1 it is measured from the replicates; used, the report names it an
-  # assumption. 0 = resample the fit residuals only (zero width with 3-point fits).
-  c.predict.noise = 0.005
+  # assumption. 0 = resample the fit residuals only (zero width with 3-point fits). The demo's:
+  # the scale study's measured sd on the same corpus and model at 200k-800k tokens.
+  c.predict.noise = 0.072
+  # Where that fallback figure was measured (a config at another scale sets its own, or '' for
+  # nowhere: the report then calls it a bare assumption).
+  c.predict.noise_source = ('the scale study (bench/RESULTS.md): sd of the DDO objective ratio '
+                            'over seeds, demo corpus and model, 200k-800k tokens')
   # Domains on a DDO bound: 'hold' (keep their weight at the largest DDO budget) or
   # 'extrapolate' (the paper: every domain follows the law). 'hold' is the default because the
   # scale study (bench/RESULTS.md) measured it closer to a DDO run directly at the target: L1
   # 0.218 against 0.456 for 'extrapolate' (demo corpus, DDO at 200k/800k, target 3.2M).
   c.predict.pinned = 'hold'
+  # 'plain': the AutoScale prediction as is. 'conservative': move from predict.prior towards the
+  # largest DDO budget's optimum only as far as the fits' bootstrap (at predict.interval_level)
+  # keeps a lower bound on the predicted gain above 0, and shrink every target's prediction by
+  # that fraction; with no such point, the prior (mixing/conservative.py).
+  c.predict.policy = 'plain'
+  # The conservative policy's starting point: 'uniform', 'natural' or {domain: weight}.
+  c.predict.prior = ml_collections.FieldReference('uniform', field_type=object)
 
   # --- validation: target runs of the predicted mixture against baselines -----------------------
   c.validate = ml_collections.ConfigDict()
@@ -249,4 +279,49 @@ def get_config() -> ml_collections.ConfigDict:
       ('norm', None),
       ('position', None),
   )
+
+  # --- synthetic worlds (config.world = cpu | paper | noiseless; pipeline/worlds.py). ---------
+  # Read only when config.world is a preset; a field left at None takes the preset's value
+  # (defaults.WORLD_PRESETS, calibrated as docs/design.md says)
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.seed = 0  # which world of the family: its laws, transfer, natural shares, noise
+  # Domains of the world; 0 = as many as config.data.domains (what a pipeline needs). A study
+  # calling the world directly picks any number >= 2.
+  c.synthetic.num_domains = 0
+  # Tokens: the effective-token scale of every domain's law (its power law bends there; the
+  # budgets well above it are the informative ones).
+  c.synthetic.scale = _preset()
+  c.synthetic.reference = _preset()  # tokens: the budget at which reducible and noise are given
+  c.synthetic.irreducible = _preset()  # nats: the centre of the domains' irreducible losses E
+  # Nats: the centre of the domains' reducible losses at the uniform mixture of reference tokens.
+  c.synthetic.reducible = _preset()
+  c.synthetic.exponent = _preset()  # the centre of the domains' power-law exponents alpha
+  # How different the domains' laws are: E, the reducible loss and alpha are each their centre
+  # times exp(spread u), u uniform in [-1, 1] per domain (0 = every domain the same law).
+  c.synthetic.spread = _preset()
+  # Mean off-diagonal cross-domain transfer T (tokens of domain j count T_ij for domain i;
+  # each drawn uniform in [0, 2 transfer]; 0 = no transfer).
+  c.synthetic.transfer = _preset()
+  c.synthetic.concentration = _preset()  # Dirichlet concentration of the natural shares
+  # Nats: seed-to-seed sd of a domain's validation loss at reference tokens (0 = noiseless).
+  c.synthetic.noise = _preset()
+  # How the noise sd changes with a run's budget N: noise * (N / reference)^noise_exponent.
+  c.synthetic.noise_exponent = _preset()
+  # Per-domain noise: noise * exp(noise_spread v), v uniform in [-1, 1] per domain.
+  c.synthetic.noise_spread = _preset()
+  # Fraction of the noise variance shared by all runs with the same seed (every mixture and
+  # budget), so that seed-paired comparisons are less noisy than unpaired ones, as in training.
+  c.synthetic.shared = _preset()
   return c
+
+
+def _preset() -> ml_collections.FieldReference:
+  """A config.synthetic field whose default is the preset's value (None), or a number."""
+  return ml_collections.FieldReference(None, field_type=float)
+
+
+def synthetic_spec(config: ml_collections.ConfigDict) -> dict:
+  """config.synthetic for the preset config.world, each None replaced by the preset's value:
+  what draws the world (pipeline/worlds.make), and what a run's fingerprint hashes."""
+  preset = WORLD_PRESETS[config.world]
+  return {k: preset[k] if v is None else v for k, v in config.synthetic.to_dict().items()}

@@ -47,5 +47,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.ddo.budgets = (8_192, 16_384)  # 8 and 16 steps for the base runs
   c.predict.targets = (32_768,)  # 2x the largest DDO budget
   c.predict.interval_samples = 20  # a rough interval is enough for a smoke run
+  c.predict.noise, c.predict.noise_source = 0.005, ''  # smoke runs: no measured noise
   c.validate.eval_every = 8  # a few points on each validation curve
   return c

@@ -11,6 +11,17 @@ from autoscale_jax.mixing.autoscale import (
   WeightInterval,
   cap_to_data,
 )
+from autoscale_jax.mixing.conservative import (
+  RatioInterval,
+  Shrinkage,
+  blend,
+  extrapolated_domains,
+  improvement_draws,
+  path_fractions,
+  predicted_ratio,
+  ratio_intervals,
+  shrink,
+)
 from autoscale_jax.mixing.ddo import (
                                       DDOProblem,
                                       Perturbation,
@@ -34,6 +45,8 @@ __all__ = [
     'PINNED_MODES', 'AutoScaleModel', 'DDOProblem', 'DegenerateFitWarning', 'PathTest',
     'Perturbation', 'PowerLaw', 'WeightInterval', 'bootstrap_fits', 'cap_to_data', 'ddo_weights',
     'fit_domains', 'fit_power_law', 'perturbation_plan', 'pinned_domains', 'solve_ddo',
+    'RatioInterval', 'Shrinkage', 'blend', 'extrapolated_domains', 'improvement_draws',
+    'path_fractions', 'predicted_ratio', 'ratio_intervals', 'shrink',
     'MixingLaw', 'RegMixRegressor', 'doremi_update', 'regmix_search', 'temperature_weights',
     'unimax_weights',
 ]

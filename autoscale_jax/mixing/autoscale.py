@@ -318,7 +318,17 @@ class AutoScaleModel:
       for s in range(samples):
         problems = [dataclasses.replace(p, fits=tuple(f[s] for f in fits))
                     for p, fits in zip(self.ddo, refits)]
-        draws.append(AutoScaleModel.from_ddo(problems, self.mode).predict_weights(target))
+        try:
+          draws.append(AutoScaleModel.from_ddo(problems, self.mode).predict_weights(target))
+        except UserError:  # this sample's refits give no path to extrapolate along
+          pass
+    if len(draws) < samples / 2:
+      raise UserError(f'{samples - len(draws)} of {samples} bootstrap samples of the fits give no '
+                      'optima to extrapolate (every domain pinned or shrinking): the noise is far '
+                      'larger than the effects; lower predict.noise or run more replicates.')
+    if len(draws) < samples:
+      warnings.warn(f'{samples - len(draws)} of {samples} bootstrap samples gave no optima to '
+                    'extrapolate and are left out of the interval.', stacklevel=2)
     draws = np.array(draws)
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return WeightInterval(self.predict_weights(target), low, high, draws)

@@ -223,6 +223,7 @@ def run_budget(exp: Experiment, budget: int, stage: str, root: str = 'budgets') 
       'multipliers': n.tolist(), 'quantities': problem.optimum().tolist(),
       'weights': ddo_weights(n, base).tolist(), 'pinned': [names[i] for i in problem.pinned()],
       'base_weights': (base / base.sum()).tolist(),
+      'natural_weights': (exp.natural[exp.trainable] / exp.natural[exp.trainable].sum()).tolist(),
       'available_tokens': exp.available_tokens.tolist()}
   write_json(optimum_path, optimum)
   logging.info('[%s] optimal weights %s%s', stage, format_weights(names, optimum['weights']),

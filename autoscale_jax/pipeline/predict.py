@@ -11,12 +11,21 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from autoscale_jax.data.mixture import resolve_weights
 from autoscale_jax.errors import ConfigError, UserError, check_number
 from autoscale_jax.lead import write_json
-from autoscale_jax.mixing import PINNED_MODES, AutoScaleModel, DDOProblem, cap_to_data
+from autoscale_jax.mixing import (
+  PINNED_MODES,
+  AutoScaleModel,
+  DDOProblem,
+  cap_to_data,
+  conservative as conservative_lib,
+)
 from autoscale_jax.mixing.confidence import combine_noise
 from autoscale_jax.pipeline import ddo
 from autoscale_jax.pipeline.registry import format_weights, positive_tokens, read_json, tokens_key
+
+POLICIES = ('plain', 'conservative')  # predict.policy: the prediction as is, or shrunk
 
 
 def targets(config: ml_collections.ConfigDict) -> list[int]:
@@ -34,6 +43,10 @@ def check(config: ml_collections.ConfigDict) -> tuple[list[int], list[int]]:
   check_number(p.interval_level, 'config.predict.interval_level', more_than=0, below=1)
   check_number(p.interval_samples, 'config.predict.interval_samples', least=2, whole=True)
   check_number(p.noise, 'config.predict.noise', least=0)
+  if p.policy not in POLICIES:
+    raise ConfigError(f"config.predict.policy is '{p.policy}'; use 'plain' (the prediction as "
+                      "is) or 'conservative' (moved from predict.prior towards it only as far as "
+                      'the measured noise supports).')
   if p.pinned not in PINNED_MODES:
     raise ConfigError(f"config.predict.pinned is '{p.pinned}'; use 'extrapolate' (every domain "
                       "follows the law, as in the paper) or 'hold' (domains on a DDO bound keep "
@@ -49,7 +62,50 @@ def noise(config: ml_collections.ConfigDict, workdir: epath.Path,
                             for b in budgets if ddo.fits_file(workdir, b).exists()])
   if measured is not None:
     return {'sigma': measured.sigma, 'dof': measured.dof, 'source': 'replicates'}
-  return {'sigma': float(config.predict.noise), 'dof': 0, 'source': 'config.predict.noise'}
+  return {'sigma': float(config.predict.noise), 'dof': 0, 'source': 'config.predict.noise',
+          'measured_by': str(config.predict.noise_source)}
+
+
+def prior(config: ml_collections.ConfigDict, optimum: dict) -> np.ndarray:
+  """predict.prior's weights over the mixture's domains; 'natural' needs the token shares the
+  DDO recorded (optimum.json 'natural_weights', absent from results of older versions)."""
+  names, natural = optimum['domains'], optimum.get('natural_weights')
+  if config.predict.prior == 'natural' and natural is None:
+    raise ConfigError("config.predict.prior is 'natural', but these DDO results predate the "
+                      'record of the natural shares; use uniform or given weights, or rerun the '
+                      'DDO in a fresh workdir.')
+  return resolve_weights(config.predict.prior, names,
+                         np.ones(len(names)) if natural is None else np.asarray(natural),
+                         'config.predict.prior')
+
+
+def gains(config: ml_collections.ConfigDict, problems: Sequence[DDOProblem],
+          budgets: Sequence[int], mixtures: dict[str, np.ndarray], sigma: float) -> dict:
+  """Before any target run: at each DDO budget, the fitted model's objective ratio (to that
+  budget's base run) for each mixture, with its predict.interval_level bootstrap interval."""
+  out = {}
+  for b, problem in zip(budgets, problems):
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # exactly determined fits: the interval is the point
+      rows = conservative_lib.ratio_intervals(
+          problem, list(mixtures.values()), level=float(config.predict.interval_level),
+          samples=int(config.predict.interval_samples), noise=sigma or None,
+          seed=int(config.seed))
+      vs = {}
+      for name, w in mixtures.items():  # the recommended mixture's improvement over each other
+        if name != 'recommended':
+          draws = conservative_lib.improvement_draws(
+              problem, w, mixtures['recommended'], np.array([1.0]),
+              samples=int(config.predict.interval_samples), noise=sigma or None,
+              seed=int(config.seed))[:, 0]
+          point = (conservative_lib.predicted_ratio(problem, w)
+                   - conservative_lib.predicted_ratio(problem, mixtures['recommended']))
+          level = float(config.predict.interval_level)
+          low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+          vs[name] = {'point': point, 'low': float(low), 'high': float(high)}
+    out[tokens_key(b)] = {'ratios': {name: r._asdict() for name, r in zip(mixtures, rows)},
+                          'gain_over': vs}
+  return out
 
 
 def _capped(model: AutoScaleModel, target: int, available: np.ndarray | None,
@@ -102,6 +158,20 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
                  'not capped at config.data.max_epochs.')
   for note in notes:
     logging.warning('[predict] %s', note)
+  policy = {'name': str(config.predict.policy)}
+  base_prior = prior(config, optima[-1])
+  if policy['name'] == 'conservative':  # how far the largest DDO budget's fits back the move
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      shrunk = conservative_lib.shrink(
+          problems[-1], base_prior, optima[-1]['weights'],
+          level=float(config.predict.interval_level),
+          samples=int(config.predict.interval_samples), noise=sigma['sigma'] or None,
+          seed=int(config.seed))
+    policy.update(shrunk.to_dict(), prior=_prior_name(config.predict.prior),
+                  prior_weights=base_prior.tolist(), budget=budgets[-1])
+    policy['extrapolated'] = [names[i] for i in shrunk.extrapolated]
+    policy['prior_extrapolated'] = [names[i] for i in shrunk.prior_extrapolated]
   write_json(workdir / 'autoscale' / 'model.json', {'domains': names, **model.to_dict(),
                                                     't': model.t.tolist(),
                                                     'residual': model.residual,
@@ -109,9 +179,16 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
   entries = {}
   for t, iv in intervals.items():
     weights, capped = _capped(model, t, available, names)
+    entry = {'uncapped': iv.weights.tolist(), 'low': iv.low, 'high': iv.high}
+    if policy['name'] == 'conservative':  # shrunk by the same fraction, intervals too
+      entry['plain'] = weights.tolist()
+      weights = conservative_lib.blend(base_prior, weights, policy['fraction'])
+      entry['low'], entry['high'] = ((1 - policy['fraction']) * base_prior
+                                     + policy['fraction'] * v for v in (iv.low, iv.high))
     entries[tokens_key(t)] = {'quantities': (weights * t).tolist(), 'weights': weights.tolist(),
-                              'uncapped': iv.weights.tolist(), 'capped': capped,
-                              'low': iv.low.tolist(), 'high': iv.high.tolist()}
+                              'capped': capped, **entry,
+                              'low': np.asarray(entry['low']).tolist(),
+                              'high': np.asarray(entry['high']).tolist()}
     if capped:
       logging.warning('[predict] %s tokens: %s capped at the data on disk (x%d epochs).',
                       f'{t:,}', ', '.join(capped), int(config.data.max_epochs))
@@ -119,14 +196,39 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
       'domains': names, 'budgets': budgets, 'notes': notes, 'pinned': mode, 'noise': sigma,
       'level': float(config.predict.interval_level),
       'optima': {tokens_key(b): o['weights'] for b, o in zip(budgets, optima)},
-      'targets': entries, 'path': path,
+      'targets': entries, 'path': path, 'policy': policy,
       'checks': {tokens_key(b): _capped(model, b, available, names)[0].tolist()
                  for b in ddo.check_budgets(config)},
       'geometric': [{'tokens': float(q.sum()), 'weights': (q / q.sum()).tolist()}
                     for q in (model.geometric_step(k) for k in range(3))],
   }
+  recommended = np.asarray(entries[tokens_key(goals[0])]['weights'])
+  mixtures = {'recommended': recommended, 'uniform': np.full(len(names), 1 / len(names))}
+  if 'natural_weights' in optima[-1]:
+    mixtures['natural'] = np.asarray(optima[-1]['natural_weights'])
+  predictions['gains'] = {'target': goals[0], 'level': float(config.predict.interval_level),
+                          'budgets': gains(config, problems, budgets, mixtures, sigma['sigma'])}
   write_json(workdir / 'autoscale' / 'predictions.json', predictions)
   for t in goals:
     logging.info('[predict] %s tokens: %s', f'{t:,}',
                  format_weights(names, predictions['targets'][tokens_key(t)]['weights']))
+  for line in gain_lines(predictions):
+    logging.info('[predict] %s', line)
   return predictions
+
+
+def _prior_name(value) -> str:
+  return value if isinstance(value, str) else 'the given weights'
+
+
+def gain_lines(predictions: dict) -> list[str]:
+  """The predicted gains in words: per DDO budget, each mixture's objective ratio and interval."""
+  g = predictions.get('gains')
+  if not g:
+    return []
+  level = int(round(100 * g['level']))
+  return [f"at {int(b):,} tokens the fitted model expects objective ratios (to that budget's base "
+          'run; lower is better) ' + ', '.join(
+              f"{name} {r['point']:.4f} [{r['low']:.4f}, {r['high']:.4f}]"
+              for name, r in rows['ratios'].items()) + f' ({level}% intervals)'
+          for b, rows in g['budgets'].items()]

@@ -22,7 +22,9 @@ from autoscale_jax.lead import write_json
 from autoscale_jax.pipeline import world
 from autoscale_jax.progress import Progress, format_eta
 
-WORLDS = ('', 'synthetic')  # config.world: train for real, or read losses off pipeline/world.py
+# config.world: train for real, or read losses off a synthetic world (pipeline/world.py): the
+# tests' fixed one or a preset of the family (pipeline/worlds.py).
+WORLDS = ('', *world.WORLDS)
 
 
 # ------------------------------------------------------------------------------ small helpers
@@ -131,9 +133,8 @@ class Experiment:
     from autoscale_jax.train import runs
     # Settings a run would otherwise only meet after prepare (or at its end) are checked first.
     runs.check_config(config)
-    if config.world not in WORLDS:
-      raise ConfigError(f"config.world is '{config.world}'; use '' (train) or 'synthetic' (a known "
-                        'loss law instead of training, for tests).')
+    # The world (checked here, before any data is prepared) stands in for every run's training.
+    self.world = world.get(config) if config.world else None
     self.trainable = trainable_mask(config)
     self.config = config
     self.workdir = workdir
@@ -266,18 +267,18 @@ class Experiment:
   def _train_group(self, specs: Sequence[RunSpec], stage: str) -> list[dict]:
     """Runs of one evaluation cadence (any seeds), stacked or one after another (DoReMi proxy
     runs, whose references must be finished, and trajectory branches, each from its own
-    branch point, one after another); in the synthetic world (config.world), their results
+    branch point, one after another); in a synthetic world (config.world), their results
     straight from its law."""
     from autoscale_jax.train import runs
-    if self.config.world == 'synthetic':
+    if self.world is not None:
       out = []
       for s in specs:
         record = world.result(self.run_config(s), name=f'{stage}/{s.name}',
                               fingerprint=self.run_dir(s).name, names=self.names, counts=s.counts,
-                              seed=s.seed, rows=self.rows)
+                              seed=s.seed, rows=self.rows, world=self.world)
         if s.kind:
           record['doremi'] = world.doremi(self.run_config(s), s.kind, s.counts,
-                                          s.reference.counts, self.trainable)
+                                          s.reference.counts, self.trainable, world=self.world)
         write_json(self.run_dir(s) / 'result.json', record)
         out.append(record)
       return out
@@ -306,8 +307,8 @@ class Experiment:
     settings = downstream_settings(self.config)
     if settings is None:
       return [None] * len(specs)
-    if self.config.world == 'synthetic':
-      logging.warning('downstream evaluation needs trained models; the synthetic world has none.')
+    if self.world is not None:
+      logging.warning('downstream evaluation needs trained models; a synthetic world has none.')
       return [None] * len(specs)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = []

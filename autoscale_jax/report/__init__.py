@@ -11,18 +11,21 @@ from etils import epath
 
 from autoscale_jax.io import write_text_atomic
 from autoscale_jax.lead import is_lead
-from autoscale_jax.report import plots, tables
+from autoscale_jax.report import plots, recommendation, tables
 from autoscale_jax.report.results import Results, load
 
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     tables.header,
+    recommendation.recommendation,
     tables.comparison,
     plots.methods,
     tables.verdicts,
+    recommendation.calibration,
     plots.validation,
     plots.fits,
     tables.ddo,
     tables.prediction,
+    recommendation.expectations,
     plots.weights,
     tables.checks,
     tables.validation,

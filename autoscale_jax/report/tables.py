@@ -83,8 +83,10 @@ def _noise_line(predictions: dict) -> str:
   if noise['source'] == 'replicates':
     return (f"Interval noise: sigma = {noise['sigma']:.3g} of the objective ratio, measured from "
             f"the DDO replicates ({noise['dof']} degrees of freedom).")
+  where = (f"; the figure comes from {noise['measured_by']}" if noise.get('measured_by') else
+           '; set ddo.replicates > 1')
   return (f"Interval noise: sigma = {noise['sigma']:.3g} **assumed** (config.predict.noise): no "
-          'DDO point has replicates to measure it; set ddo.replicates > 1.')
+          f'DDO point has replicates to measure it{where}.')
 
 
 def _path_line(path: dict | None) -> list[str]:

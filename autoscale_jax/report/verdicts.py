@@ -118,6 +118,41 @@ def compare(runs: dict[str, dict], domains: Sequence[str]) -> dict[str, dict]:
           for name, run in runs.items() if name != PREDICTED}
 
 
+def recommend(validation: dict) -> dict:
+  """The mixture to use at a validated target: among the mixtures not measurably worse than any
+  baseline (seed-paired 95% intervals), the one with the lowest mean objective; with what it
+  was measured against and, when the predicted mixture is measurably worse than a baseline,
+  that baseline (a prediction that does harm is never recommended)."""
+  runs = validation['runs']
+  baselines = [n for n in runs if n != PREDICTED]
+
+  def paired(a: str, b: str) -> confidence.Paired:
+    n = min(len(runs[a]['seeds']), len(runs[b]['seeds']))
+    return confidence.paired_difference(*([s['objective'] for s in runs[k]['seeds'][:n]]
+                                          for k in (a, b)))
+
+  def worse_than(name: str) -> list[tuple[str, dict]]:
+    return [(other, d.to_dict()) for other in baselines if other != name
+            for d in [paired(name, other)] if d.verdict == 'worse']
+
+  losers = {name: worse_than(name) for name in runs}
+  allowed = [n for n in runs if not losers[n]] or list(runs)
+  best = min(allowed, key=lambda n: runs[n]['objective'])
+  against = 'uniform' if 'uniform' in runs and best != 'uniform' else (
+      PREDICTED if best != PREDICTED else next(iter(baselines), None))
+  versus = None
+  if against is not None:
+    d = paired(best, against)
+    scale = runs[against]['objective']
+    versus = {'name': against, **d.to_dict(), 'relative': d.mean / scale,
+              'relative_low': None if d.low is None else d.low / scale,
+              'relative_high': None if d.high is None else d.high / scale}
+  return {'target': validation['target'], 'mixture': best, 'weights': runs[best]['weights'],
+          'objective': runs[best]['objective'], 'seeds': len(runs[best]['seeds']),
+          'versus': versus, 'predicted_worse_than': [
+              {'name': n, **d} for n, d in losers[PREDICTED]]}
+
+
 def upgrade(validation: dict) -> dict:
   """A validation file in today's form; one written before seeds existed (one run per mixture,
   token perplexities) becomes one seed per mixture, compared like any other."""

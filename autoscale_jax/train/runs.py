@@ -4,12 +4,11 @@ A run is defined by the config, its per-domain sequence counts and its seed. Its
 config.json, checkpoints/, metrics.jsonl, TensorBoard events and, written atomically last,
 result.json; a run whose result.json exists is finished and is never trained again.
 
-Runs go one at a time (`run`) or N at once as one program (`run_stacked`, train/stacked.py);
-`run_many` chooses between the two (train/memory.py). Both drive train/loop.train_loop and
-write the same files, so a run's result does not say, and does not depend on, how it was
-trained. A stack is checkpointed as one state in <parent of its first run dir>/stack-<hash>/
-(the hash of its members' fingerprints, in order); once every member wrote its result and its
-own final checkpoint, the stack directory is deleted.
+Runs go one at a time (`run`) or N at once as one program (`run_stacked`, train/stacked.py;
+`run_many` chooses, train/memory.py), through one train/loop.train_loop into the same files: a
+result does not depend on how it was trained. A stack is checkpointed as one state in <parent of
+its first run dir>/stack-<hash>/ (its members' fingerprints, in order), deleted once every member
+wrote its result and its own final checkpoint.
 """
 
 import dataclasses
@@ -26,7 +25,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from autoscale_jax import lead
+from autoscale_jax import defaults, lead
 from autoscale_jax.data import loader as loader_lib, mixture
 from autoscale_jax.errors import ConfigError, check_number
 from autoscale_jax.models import build_model
@@ -101,6 +100,8 @@ def run_description(config: ml_collections.ConfigDict, counts: np.ndarray, seed:
   }
   if config.get('world'):  # a synthetic world's results never pass for trained ones
     shaping['world'] = config.world
+    if config.world in defaults.WORLD_PRESETS:  # which world of the family, as drawn
+      shaping['synthetic'] = defaults.synthetic_spec(config)
   if kind:
     shaping['kind'] = kind
   return json.loads(json.dumps(shaping, sort_keys=True, default=str))
@@ -420,14 +421,12 @@ def _train_stack(config: ml_collections.ConfigDict, specs: list[Run], stores: di
   data.start_step = start
   t0 = time.time()
   hooks = [(r, s.on_step) for r, s in enumerate(specs) if s.on_step]
-
-  def after_step(step: int, state) -> None:
-    for r, hook in hooks:
-      hook(step, lambda r=r: stacked.member(state, r))
+  after_step = hooks and (lambda step, state: [hook(step, lambda r=r: stacked.member(state, r))
+                                               for r, hook in hooks])
   state, _ = loop.train_loop(
       program, state, start=start, batches=data, members=members, ckpt=ckpt, label=label,
       domains=domains, config=config, flops_per_token=trainer.model.flops_per_token,
-      peak_flops=_peak(config, mesh), after_step=after_step if hooks else None)
+      peak_flops=_peak(config, mesh), after_step=after_step or None)
   wall = time.time() - t0
   seen = np.asarray(jax.device_get(state.domain_sequences), np.int64)
   # Each run's directory also gets its own final checkpoint, as `run` leaves it.
