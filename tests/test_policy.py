@@ -6,6 +6,7 @@ baseline)."""
 import json
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ from autoscale_jax import pipeline, report
 from autoscale_jax.configs import tiny
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import AutoScaleModel, DDOProblem, conservative as conservative_lib
-from autoscale_jax.pipeline import predict
+from autoscale_jax.pipeline import predict, world
 from autoscale_jax.report import verdicts
 
 
@@ -142,3 +143,25 @@ def test_an_interval_under_overwhelming_noise_says_so(workdirs):
     interval = model.predict_weights_interval(32_768, samples=20, noise=5.0)
   assert np.all(np.isfinite(interval.samples)) and len(interval.samples) < 20  # left out
   assert np.all(interval.low <= interval.high)
+
+
+def test_a_prediction_measurably_worse_than_a_baseline_is_not_recommended(tmp_path):
+  """The 'paper' world scaled to the tiny budgets, 3 seeds of small noise: the world's true
+  optimum at the target, as a baseline, is measurably better than the predicted mixture."""
+  config = _config()
+  config.world, config.validate.enabled, config.validate.seeds = 'paper', True, 3
+  config.synthetic.reference, config.synthetic.scale = 16_384, 16_384 * 10e6 / 1.2e9
+  config.synthetic.noise = 1e-5
+  target = config.predict.targets[0]
+  best = world.get(config).optimum(target)
+  names = [d.name for d in config.data.domains]
+  config.validate.baselines = ml_collections.ConfigDict(
+      {'uniform': 'uniform', 'optimum': dict(zip(names, map(float, best)))})
+  pipeline.dispatch(config, str(tmp_path))
+  v = _read(tmp_path, f'validation/{target}.json')
+  assert v['verdicts']['optimum']['objective']['verdict'] == 'worse'  # the case under test
+  r = verdicts.recommend(v)
+  assert r['mixture'] == 'optimum' and r['predicted_worse_than'][0]['name'] == 'optimum'
+  line = (tmp_path / 'report' / 'report.md').read_text().split('## ')[1]
+  assert 'use **optimum**' in line and 'use **predicted**' not in line
+  assert 'the predicted mixture is measurably **worse** than optimum' in line
