@@ -28,6 +28,8 @@ WORLD_PRESETS = {
                   noise_spread=0.0, shared=0.5),
 }
 WORLD_PRESETS['noiseless'] = {**WORLD_PRESETS['paper'], 'noise': 0.0}
+# The largest DDO budget each preset was calibrated at (the study's 800k; the paper's 1.2B).
+PRESET_BUDGETS = {'cpu': 800_000.0, 'paper': 1.2e9, 'noiseless': 1.2e9}
 
 
 def domain(name: str, source: str, text_key: str = 'text', eval_only: bool = False,
@@ -288,6 +290,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Domains of the world; 0 = as many as config.data.domains (what a pipeline needs). A study
   # calling the world directly picks any number >= 2.
   c.synthetic.num_domains = 0
+  # True: a pipeline's world sits where it measures: scale and reference (unless given) are
+  # multiplied by the config's largest DDO budget over the preset's (PRESET_BUDGETS), which
+  # gives the preset's world at the config's budgets (the tiny config's 16k tokens behave as
+  # the cpu preset's 800k). False: the preset's own token scale.
+  c.synthetic.at_ddo_budgets = True
   # Tokens: the effective-token scale of every domain's law (its power law bends there; the
   # budgets well above it are the informative ones).
   c.synthetic.scale = _preset()
@@ -324,4 +331,11 @@ def synthetic_spec(config: ml_collections.ConfigDict) -> dict:
   """config.synthetic for the preset config.world, each None replaced by the preset's value:
   what draws the world (pipeline/worlds.make), and what a run's fingerprint hashes."""
   preset = WORLD_PRESETS[config.world]
-  return {k: preset[k] if v is None else v for k, v in config.synthetic.to_dict().items()}
+  spec = {k: preset[k] if v is None else v for k, v in config.synthetic.to_dict().items()}
+  if spec.pop('at_ddo_budgets'):
+    budgets = config.ddo.budgets
+    largest = max(budgets) if isinstance(budgets, (tuple, list)) else budgets
+    for k in ('scale', 'reference'):
+      if config.synthetic[k] is None:
+        spec[k] = float(preset[k] * largest / PRESET_BUDGETS[config.world])
+  return spec

@@ -41,12 +41,21 @@ def test_a_world_is_its_seed_and_a_field_rescales_the_same_draws():
   off = ~np.eye(4, dtype=bool)
   np.testing.assert_allclose(more.T[off], 2 * a.T[off])
   np.testing.assert_array_equal(more.alpha, a.alpha)
-  # The pipeline's world is the preset's over the config's domains.
+  # The pipeline's world is the preset's over the config's domains; at_ddo_budgets moves it to
+  # the config's budgets (tiny's largest, 16k tokens, is the cpu preset's 800k): the same clean
+  # losses at token counts scaled by their ratio.
   config = _config('cpu')
-  config.synthetic.seed = 3
+  config.synthetic.seed, config.synthetic.at_ddo_budgets = 3, False
   piped = world.get(config)
   assert piped.names == tuple(d.name for d in config.data.domains)
   np.testing.assert_array_equal(piped.A, a.A)
+  config.synthetic.at_ddo_budgets = True
+  moved, k = world.get(config), max(config.ddo.budgets) / defaults.PRESET_BUDGETS['cpu']
+  assert moved.scale == pytest.approx(a.scale * k) and moved.reference == pytest.approx(
+      a.reference * k)
+  np.testing.assert_allclose(moved.clean(tokens * k), a.clean(tokens), rtol=1e-12)
+  np.testing.assert_allclose(moved.noise_sd(tokens.sum(-1) * k), a.noise_sd(tokens.sum(-1)),
+                             rtol=1e-12)
   # A reference budget's reducible loss at the uniform mixture is what the spec says, on
   # average over domains (each domain's is reducible x e^(spread u)).
   spec = defaults.WORLD_PRESETS['cpu']
@@ -154,8 +163,11 @@ def test_a_preset_world_is_in_the_fingerprint_a_real_run_is_not():
   same = copy.deepcopy(cpu)
   same.synthetic.noise = defaults.WORLD_PRESETS['cpu']['noise']
   assert fp(same) == base['cpu']
-  assert runs.run_description(cpu, counts, 0, 'tok')['synthetic'] == {
-      **defaults.WORLD_PRESETS['cpu'], 'seed': 0, 'num_domains': 0}
+  k = max(cpu.ddo.budgets) / defaults.PRESET_BUDGETS['cpu']
+  preset = defaults.WORLD_PRESETS['cpu']
+  assert runs.run_description(cpu, counts, 0, 'tok')['synthetic'] == pytest.approx({
+      **preset, 'seed': 0, 'num_domains': 0, 'scale': preset['scale'] * k,
+      'reference': preset['reference'] * k})
 
 
 def test_a_bad_world_or_field_is_one_sentence():
