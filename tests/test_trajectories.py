@@ -317,7 +317,7 @@ def get_config():
   c.model.overrides = ml_collections.ConfigDict({{'d_model': 32, 'num_heads': 2}})
   c.train.batch_size, c.train.checkpoint_every, c.train.async_checkpoint = 8, 4, False
   c.train.stack_runs = True
-  c.ddo.trajectories, c.ddo.budgets = True, (12_800, 25_600)
+  c.ddo.trajectories, c.ddo.budgets = True, (6_400, 12_800)
   return c
 """
 
@@ -329,7 +329,7 @@ def _start(config: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path):
 
 
 def _branches(workdir: pathlib.Path) -> list[dict]:
-  path = workdir / 'budgets' / '12800' / 'plan.json'
+  path = workdir / 'budgets' / '6400' / 'plan.json'
   return json.loads(path.read_text())['runs'] if path.exists() else []
 
 
@@ -375,11 +375,11 @@ def test_kill_in_a_trunk_and_in_a_branch_then_resume(tmp_path):
     assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
   text = log.read_text()
   assert text.count('resuming 5 stacked runs from the checkpoint') == 1  # the trunks
-  for b in (12_800, 25_600):
+  for b in (6_400, 12_800):
     plan_json = json.loads((workdir / 'budgets' / str(b) / 'plan.json').read_text())
     for r in plan_json['runs']:
       result = json.loads((runs_dir / r['fingerprint'] / 'result.json').read_text())
       assert result['trained_sequences'] == r['counts']  # exact counts at every budget
-      if b == 12_800:  # each branch trained from its branch point on, never from scratch
+      if b == 6_400:  # each branch trained from its branch point on, never from scratch
         assert f"resuming from the checkpoint at step {r['trajectory']['branch_step']} " in text
     assert (workdir / 'budgets' / str(b) / 'optimum.json').exists()
