@@ -291,6 +291,14 @@ def report_section() -> str:
               f"{l1(d['budgets'][str(LARGE)]['optimum']['weights'], direct['ddo']):.3f} |",
               f"| reuse the 800k optimum | separate cosine runs (scale study) | "
               f"{direct['l1_reused']:.3f} |", '']
+    path, noise = d['predictions']['path'], d['predictions']['noise']
+    lines += [f"Do the three optima follow one path (AutoScaleModel.path_test)? "
+              f"**{path['verdict']}**: RMS log-quantity residual {path['residual']:.3f} against "
+              f"{path['null_median']:.3f} (median; 95th percentile {path['null_95']:.3f}) from "
+              "the measured noise alone, p "
+              f"= {path['p_value']:.2f}. The noise measured from the 3 replicates: sigma "
+              f"{noise['sigma']:.3f} of the objective ratio ({noise['dof']} dof; the scale "
+              'study\'s cosine runs: 0.072).', '']
     trained = sum(r['trained_tokens'] for b in d['budgets'].values() for r in b['plan']['runs'])
     separate_cost = sum(sum(r['quantities']) for b in d['budgets'].values()
                         for r in b['plan']['runs'])
