@@ -205,18 +205,26 @@ def shrink(problem: DDOProblem, prior: ArrayLike, answer: ArrayLike, *, level: f
                    extrapolated_domains(problem, weights), extrapolated_domains(problem, prior))
 
 
-def ratio_intervals(problem: DDOProblem, mixtures: Sequence[ArrayLike], *, level: float = 0.9,
-                    samples: int = 200, noise: float | None = None,
-                    seed: int = 0) -> list[RatioInterval]:
-  """J(w) for each mixture with its `level` bootstrap interval (the same refits as shrink with
-  the same seed): the gain predicted before any validation run, e.g. recommended vs uniform."""
-  _check_draws(samples, noise, level)
+def ratio_draws(problem: DDOProblem, mixtures: Sequence[ArrayLike], *, samples: int = 200,
+                noise: float | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """J(w) of each mixture under the fitted laws [K] and under every refit [samples, K] (the same
+  refits as shrink with the same seed): one refit serves any number of mixtures and any
+  difference between them (e.g. a recommended mixture's gain over uniform, paired by draw)."""
+  _check_draws(samples, noise)
   m = problem.base_quantities.size
   if len(mixtures) == 0:
     raise UserError('mixtures must name at least one mixture.')
   n = _multipliers(problem, np.array([_weights(f'mixtures[{k}]', w, m)
                                       for k, w in enumerate(mixtures)]))
-  points = _ratios(_laws([problem.fits]), n)[0]
-  low, high = np.quantile(_ratios(_refits(problem, samples, noise, seed), n),
-                          [(1 - level) / 2, (1 + level) / 2], axis=0)
+  return _ratios(_laws([problem.fits]), n)[0], _ratios(_refits(problem, samples, noise, seed), n)
+
+
+def ratio_intervals(problem: DDOProblem, mixtures: Sequence[ArrayLike], *, level: float = 0.9,
+                    samples: int = 200, noise: float | None = None,
+                    seed: int = 0) -> list[RatioInterval]:
+  """J(w) for each mixture with its `level` bootstrap interval (ratio_draws' quantiles): the
+  objective predicted before any validation run, e.g. for recommended, uniform and natural."""
+  _check_draws(samples, noise, level)
+  points, draws = ratio_draws(problem, mixtures, samples=samples, noise=noise, seed=seed)
+  low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
   return [RatioInterval(float(p), float(lo), float(hi)) for p, lo, hi in zip(points, low, high)]

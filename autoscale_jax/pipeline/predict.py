@@ -82,29 +82,26 @@ def prior(config: ml_collections.ConfigDict, optimum: dict) -> np.ndarray:
 def gains(config: ml_collections.ConfigDict, problems: Sequence[DDOProblem],
           budgets: Sequence[int], mixtures: dict[str, np.ndarray], sigma: float) -> dict:
   """Before any target run: at each DDO budget, the fitted model's objective ratio (to that
-  budget's base run) for each mixture, with its predict.interval_level bootstrap interval."""
-  out = {}
+  budget's base run) for each mixture, and the recommended mixture's gain over each other
+  (paired by bootstrap draw), with predict.interval_level bootstrap intervals."""
+  level = float(config.predict.interval_level)
+  ends = [(1 - level) / 2, (1 + level) / 2]
+  names, out = list(mixtures), {}
   for b, problem in zip(budgets, problems):
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # exactly determined fits: the interval is the point
-      rows = conservative_lib.ratio_intervals(
-          problem, list(mixtures.values()), level=float(config.predict.interval_level),
-          samples=int(config.predict.interval_samples), noise=sigma or None,
-          seed=int(config.seed))
-      vs = {}
-      for name, w in mixtures.items():  # the recommended mixture's improvement over each other
-        if name != 'recommended':
-          draws = conservative_lib.improvement_draws(
-              problem, w, mixtures['recommended'], np.array([1.0]),
-              samples=int(config.predict.interval_samples), noise=sigma or None,
-              seed=int(config.seed))[:, 0]
-          point = (conservative_lib.predicted_ratio(problem, w)
-                   - conservative_lib.predicted_ratio(problem, mixtures['recommended']))
-          level = float(config.predict.interval_level)
-          low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-          vs[name] = {'point': point, 'low': float(low), 'high': float(high)}
-    out[tokens_key(b)] = {'ratios': {name: r._asdict() for name, r in zip(mixtures, rows)},
-                          'gain_over': vs}
+      points, draws = conservative_lib.ratio_draws(
+          problem, list(mixtures.values()), samples=int(config.predict.interval_samples),
+          noise=sigma or None, seed=int(config.seed))
+    rec = names.index('recommended')
+
+    def interval(point: float, values: np.ndarray) -> dict:
+      low, high = np.quantile(values, ends)
+      return {'point': float(point), 'low': float(low), 'high': float(high)}
+    out[tokens_key(b)] = {
+        'ratios': {n: interval(points[k], draws[:, k]) for k, n in enumerate(names)},
+        'gain_over': {n: interval(points[k] - points[rec], draws[:, k] - draws[:, rec])
+                      for k, n in enumerate(names) if k != rec}}
   return out
 
 
