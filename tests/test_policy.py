@@ -50,7 +50,7 @@ def _read(workdir, path):
   return json.loads((workdir / path).read_text())
 
 
-def test_conservative_shrinks_by_the_rules_fraction(workdirs):
+def _conservative_shrinks_by_the_rules_fraction(workdirs):
   config, workdir = workdirs['conservative']
   plain = _read(workdirs['plain'][1], 'autoscale/predictions.json')
   got = _read(workdir, 'autoscale/predictions.json')
@@ -75,7 +75,7 @@ def test_conservative_shrinks_by_the_rules_fraction(workdirs):
   assert f"{100 * want.fraction:.0f}% of the way from uniform to the DDO answer" in report
 
 
-def test_no_evidence_returns_the_prior_and_says_so(workdirs):
+def _no_evidence_returns_the_prior_and_says_so(workdirs):
   _, workdir = workdirs['noisy']
   got = _read(workdir, 'autoscale/predictions.json')
   assert not got['policy']['evidence'] and got['policy']['fraction'] == 0
@@ -85,7 +85,7 @@ def test_no_evidence_returns_the_prior_and_says_so(workdirs):
   assert 'the proxies show no mixture measurably better than uniform' in report
 
 
-def test_predicted_gains_match_the_fitted_model(workdirs):
+def _predicted_gains_match_the_fitted_model(workdirs):
   config, workdir = workdirs['plain']
   got = _read(workdir, 'autoscale/predictions.json')['gains']
   target = str(got['target'])
@@ -101,6 +101,23 @@ def test_predicted_gains_match_the_fitted_model(workdirs):
     assert gain['low'] <= gain['point'] <= gain['high']
   report = (workdir / 'report' / 'report.md').read_text()
   assert 'predicted gain over uniform at' in report.split('## ')[1]  # in the recommendation
+
+
+def test_policies_and_gains_on_one_ddo(workdirs):
+  """One DDO (module fixture, built once), three checks: the conservative fraction and shrunk
+  targets, the no-evidence fallback, and the predicted gains."""
+  _conservative_shrinks_by_the_rules_fraction(workdirs)
+  _no_evidence_returns_the_prior_and_says_so(workdirs)
+  _predicted_gains_match_the_fitted_model(workdirs)
+  # An interval under overwhelming noise leaves out the samples with nothing to extrapolate.
+  config, workdir = workdirs['plain']
+  problems = [DDOProblem.from_dict(_read(workdir, f'budgets/{b}/optimum.json')['problem'])
+              for b in config.ddo.budgets]
+  model = AutoScaleModel.from_ddo(problems)
+  with pytest.warns(UserWarning, match=r'[1-9]\d* of 20 bootstrap samples gave no optima'):
+    interval = model.predict_weights_interval(32_768, samples=20, noise=5.0)
+  assert np.all(np.isfinite(interval.samples)) and len(interval.samples) < 20  # left out
+  assert np.all(interval.low <= interval.high)
 
 
 def test_bad_policy_names_the_field():
@@ -135,15 +152,7 @@ def worse_than(r: dict) -> list[dict]:
   return r['predicted_worse_than']
 
 
-def test_an_interval_under_overwhelming_noise_says_so(workdirs):
-  config, workdir = workdirs['plain']
-  problems = [DDOProblem.from_dict(_read(workdir, f'budgets/{b}/optimum.json')['problem'])
-              for b in config.ddo.budgets]
-  model = AutoScaleModel.from_ddo(problems)
-  with pytest.warns(UserWarning, match=r'[1-9]\d* of 20 bootstrap samples gave no optima'):
-    interval = model.predict_weights_interval(32_768, samples=20, noise=5.0)
-  assert np.all(np.isfinite(interval.samples)) and len(interval.samples) < 20  # left out
-  assert np.all(interval.low <= interval.high)
+
 
 
 def test_a_prediction_measurably_worse_than_a_baseline_is_not_recommended(tmp_path):
