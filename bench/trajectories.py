@@ -178,7 +178,7 @@ def separate(workdir: epath.Path) -> dict:
   config = ss.study_config()
   config.ddo.budgets, config.ddo.replicates = (SMALL, LARGE), REPLICATES
   committed = ss.read_summary('ddo')['budget_files']
-  out = {**ss.header('separate', start), 'budgets': {}}
+  out = {'budgets': {}}
   with lock.workdir_lock(workdir):
     exp = registry.Experiment(config, workdir)
     for b in (SMALL, LARGE):
@@ -191,7 +191,7 @@ def separate(workdir: epath.Path) -> dict:
           for k, r in zip(mine, results)]}
       out['budgets'][str(b)] = {'runs': fits['runs'][-len(mine):], 'replicate_optima':
                                 replicate_optima(fits, committed[str(b)]['optimum'])}
-  return out
+  return {**ss.header('separate', start), **out}  # the header once the stage is done
 
 
 # ------------------------------------------------------------------------------ report
