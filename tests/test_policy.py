@@ -123,6 +123,9 @@ def test_policies_and_gains_on_one_ddo(workdirs):
 def test_bad_policy_names_the_field():
   with pytest.raises(ConfigError, match='config.predict.policy'):
     predict.check(_config(policy='bold'))
+  with pytest.raises(ConfigError,
+                     match=r"config.predict.prior names unknown domain\(s\) \['cod'\]"):
+    predict.check(_config(policy='conservative', prior={'cod': 1.0}))  # before any DDO run
 
 
 def _validation(objectives: dict[str, list[float]]) -> dict:

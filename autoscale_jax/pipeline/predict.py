@@ -23,7 +23,13 @@ from autoscale_jax.mixing import (
 )
 from autoscale_jax.mixing.confidence import combine_noise
 from autoscale_jax.pipeline import ddo
-from autoscale_jax.pipeline.registry import format_weights, positive_tokens, read_json, tokens_key
+from autoscale_jax.pipeline.registry import (
+  format_weights,
+  positive_tokens,
+  read_json,
+  tokens_key,
+  trainable_mask,
+)
 
 POLICIES = ('plain', 'conservative')  # predict.policy: the prediction as is, or shrunk
 
@@ -47,6 +53,9 @@ def check(config: ml_collections.ConfigDict) -> tuple[list[int], list[int]]:
     raise ConfigError(f"config.predict.policy is '{p.policy}'; use 'plain' (the prediction as "
                       "is) or 'conservative' (moved from predict.prior towards it only as far as "
                       'the measured noise supports).')
+  if p.policy == 'conservative':  # a bad prior stops here, not after the DDO has trained
+    names = [d.name for d, t in zip(config.data.domains, trainable_mask(config)) if t]
+    resolve_weights(p.prior, names, np.ones(len(names)), 'config.predict.prior')
   if p.pinned not in PINNED_MODES:
     raise ConfigError(f"config.predict.pinned is '{p.pinned}'; use 'extrapolate' (every domain "
                       "follows the law, as in the paper) or 'hold' (domains on a DDO bound keep "
@@ -156,8 +165,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
   for note in notes:
     logging.warning('[predict] %s', note)
   policy = {'name': str(config.predict.policy)}
-  base_prior = prior(config, optima[-1])
   if policy['name'] == 'conservative':  # how far the largest DDO budget's fits back the move
+    base_prior = prior(config, optima[-1])
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')
       shrunk = conservative_lib.shrink(
@@ -176,16 +185,14 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
   entries = {}
   for t, iv in intervals.items():
     weights, capped = _capped(model, t, available, names)
-    entry = {'uncapped': iv.weights.tolist(), 'low': iv.low, 'high': iv.high}
+    low, high, plain = iv.low, iv.high, {}
     if policy['name'] == 'conservative':  # shrunk by the same fraction, intervals too
-      entry['plain'] = weights.tolist()
-      weights = conservative_lib.blend(base_prior, weights, policy['fraction'])
-      entry['low'], entry['high'] = ((1 - policy['fraction']) * base_prior
-                                     + policy['fraction'] * v for v in (iv.low, iv.high))
+      plain, f = {'plain': weights.tolist()}, policy['fraction']
+      weights = conservative_lib.blend(base_prior, weights, f)
+      low, high = ((1 - f) * base_prior + f * v for v in (low, high))
     entries[tokens_key(t)] = {'quantities': (weights * t).tolist(), 'weights': weights.tolist(),
-                              'capped': capped, **entry,
-                              'low': np.asarray(entry['low']).tolist(),
-                              'high': np.asarray(entry['high']).tolist()}
+                              'uncapped': iv.weights.tolist(), 'capped': capped, **plain,
+                              'low': low.tolist(), 'high': high.tolist()}
     if capped:
       logging.warning('[predict] %s tokens: %s capped at the data on disk (x%d epochs).',
                       f'{t:,}', ', '.join(capped), int(config.data.max_epochs))
