@@ -184,6 +184,26 @@ def launch(workdir: pathlib.Path, kill: Kill | None = None, *, timeout: float = 
                 seconds=time.time() - t0, log=log)
 
 
+def start_pipeline(config_path: pathlib.Path, workdir: pathlib.Path,
+                   log: pathlib.Path) -> subprocess.Popen:
+  """`python -m autoscale_jax.main` on a config file, its stderr appended to `log`."""
+  return subprocess.Popen(
+      [sys.executable, '-m', 'autoscale_jax.main', f'--config={config_path}',
+       f'--workdir={workdir}'], stdout=subprocess.DEVNULL, stderr=log.open('a'))
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, log: pathlib.Path, *,
+              poll: float = 0.1, timeout: float = 400) -> None:
+  """SIGKILL `proc` as soon as ready() holds (checked every `poll` s); fails, quoting the log's
+  end, if the process ended first."""
+  deadline = time.time() + timeout
+  while not ready() and proc.poll() is None and time.time() < deadline:
+    time.sleep(poll)
+  assert proc.poll() is None, f'the pipeline ended before {what}:\n{log.read_text()[-3000:]}'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 def newest_checkpoint(workdir: pathlib.Path) -> int:
   """The newest committed checkpoint step of the run (0 when none)."""
   return max([int(n) for n, _ in _checkpoint_entries(workdir) if n.isdigit()], default=0)

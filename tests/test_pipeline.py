@@ -4,10 +4,8 @@ budget, kill and resume, report rebuild, the dry-run plan and the workdir lock."
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from autoscale_jax.configs import gpt2_large, tiny
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import PowerLaw
 from autoscale_jax.pipeline import plan
+from kill_harness import kill_when, start_pipeline
 from test_config_fields import missing_reads
 
 # Three demo domains: 7 DDO runs per budget and at the check budget between them, then 8
@@ -81,21 +80,6 @@ def _outputs(workdir: pathlib.Path) -> dict[str, object]:
   return out
 
 
-def _start(config_path: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path):
-  return subprocess.Popen(
-      [sys.executable, '-m', 'autoscale_jax.main', f'--config={config_path}',
-       f'--workdir={workdir}'], stdout=subprocess.DEVNULL, stderr=log.open('a'))
-
-
-def _kill_when(proc, ready, what: str, log: pathlib.Path) -> None:
-  deadline = time.time() + 400
-  while not ready() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.1)
-  assert proc.poll() is None, f'the pipeline ended before {what}:\n{log.read_text()[-3000:]}'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-
-
 def _checkpointed(run: pathlib.Path) -> bool:
   return any(p.name.isdigit() for p in (run / 'checkpoints').glob('*'))
 
@@ -129,15 +113,15 @@ def test_autoscale_end_to_end_survives_kills_and_rebuilds_its_report(tmp_path):
   # they run one after another, a checkpoint written when they are stacked) and again during a
   # validation run (between checkpoints), then finished.
   workdir, log = tmp_path / 'work', tmp_path / 'pipeline.log'
-  proc = _start(config_path, workdir, log)
-  _kill_when(proc, lambda: _inside_first_budget(workdir), 'budget 1 under way', log)
+  proc = start_pipeline(config_path, workdir, log)
+  kill_when(proc, lambda: _inside_first_budget(workdir), 'budget 1 under way', log)
   before = _results(workdir)
   assert len(before) < 7, f'the kill should land inside budget 1: {len(before)} runs done'
   assert not (workdir / 'budgets' / '6144' / 'optimum.json').exists()
   assert (workdir / 'LOCK').exists()  # left by the killed process: the rerun must take it over
 
-  proc = _start(config_path, workdir, log)
-  _kill_when(proc, lambda: _validation_checkpointed(workdir), 'a validation run checkpointed',
+  proc = start_pipeline(config_path, workdir, log)
+  kill_when(proc, lambda: _validation_checkpointed(workdir), 'a validation run checkpointed',
              log)
   middle = _results(workdir)
   assert {k: middle[k] for k in before} == before  # nothing finished was trained again

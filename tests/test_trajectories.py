@@ -8,10 +8,6 @@ import fractions
 import json
 import math
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import ml_collections
@@ -29,6 +25,7 @@ from autoscale_jax.models import row_len
 from autoscale_jax.pipeline import ddo, plan, trajectories
 from autoscale_jax.train import mesh as mesh_lib, optim, runs, trajectory
 from autoscale_jax.train.checkpoint import Checkpointer
+from kill_harness import kill_when, start_pipeline
 
 
 # ------------------------------------------------------------------------------ the schedule
@@ -320,12 +317,6 @@ def get_config():
 """
 
 
-def _start(config: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path):
-  return subprocess.Popen([sys.executable, '-m', 'autoscale_jax.main', f'--config={config}',
-                           f'--workdir={workdir}'], stdout=subprocess.DEVNULL,
-                          stderr=log.open('a'))
-
-
 def _branches(workdir: pathlib.Path) -> list[dict]:
   path = workdir / 'budgets' / '6400' / 'plan.json'
   return json.loads(path.read_text())['runs'] if path.exists() else []
@@ -333,15 +324,6 @@ def _branches(workdir: pathlib.Path) -> list[dict]:
 
 def _steps(run: pathlib.Path) -> list[int]:
   return sorted(int(p.name) for p in (run / 'checkpoints').glob('*') if p.name.isdigit())
-
-
-def _kill_when(proc, ready, what: str, log: pathlib.Path) -> None:
-  deadline = time.time() + 300
-  while not ready() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  assert proc.poll() is None, f'the pipeline ended before {what}:\n{log.read_text()[-3000:]}'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
 
 
 def test_kill_in_a_trunk_and_in_a_branch_then_resume(tmp_path):
@@ -354,8 +336,8 @@ def test_kill_in_a_trunk_and_in_a_branch_then_resume(tmp_path):
     return (not list(runs_dir.glob('*/result.json'))
             and any(_steps(r) for r in runs_dir.glob('*') if not r.name.startswith('stack-')))
 
-  proc = _start(config, workdir, log)
-  _kill_when(proc, in_trunk, 'a branch point', log)
+  proc = start_pipeline(config, workdir, log)
+  kill_when(proc, in_trunk, 'a branch point', log, poll=0.02, timeout=300)
 
   def in_branch() -> bool:  # one branch finished, another checkpointed past its branch point
     branches = _branches(workdir)
@@ -364,10 +346,10 @@ def test_kill_in_a_trunk_and_in_a_branch_then_resume(tmp_path):
             and any(not (d / 'result.json').exists() and any(s > k for s in _steps(d))
                     for d, k in dirs))
 
-  proc = _start(config, workdir, log)
-  _kill_when(proc, in_branch, 'a branch under way', log)
+  proc = start_pipeline(config, workdir, log)
+  kill_when(proc, in_branch, 'a branch under way', log, poll=0.02, timeout=300)
   finished = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in runs_dir.glob('*/result.json')}
-  proc = _start(config, workdir, log)
+  proc = start_pipeline(config, workdir, log)
   assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
   for path, (data, mtime) in finished.items():  # never trained again
     assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
