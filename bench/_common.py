@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: machine line, interleaved timing, RESULTS.md sections."""
 
+import argparse
 import datetime
 import os
 import pathlib
@@ -99,3 +100,14 @@ def table(header: list[str], rows: list[list], align: str | None = None) -> list
   sep = '|' + '|'.join('-' * (w + 1) + ':' if a == 'r' else '-' * (w + 2)
                        for w, a in zip(widths, align)) + '|'
   return [line(header), sep, *(line(r) for r in cells)]
+
+
+def stage_parser(doc: str, workdir: str, stages) -> argparse.ArgumentParser:
+  """The arguments of a study run in resumable stages: its workdir, the stage ('next': the first
+  without a summary) and the pause after --max-minutes."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument('--workdir', default=workdir)
+  parser.add_argument('--stage', default='next', choices=('next', *stages))
+  parser.add_argument('--max-minutes', type=float, default=75.0,
+                      help='pause (SIGTERM: checkpoint and exit) after this long; rerun resumes')
+  return parser

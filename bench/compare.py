@@ -23,7 +23,6 @@ Needs the regmix extra (LightGBM): pip install -e ".[regmix]".
   python bench/compare.py --workdir=/tmp/compare [--stage=next|NAME] [--max-minutes=75]
 """
 
-import argparse
 import json
 import pathlib
 import sys
@@ -167,11 +166,7 @@ def report_section(s: dict) -> list[str]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', default='/tmp/compare')
-  parser.add_argument('--stage', default='next', choices=('next', *STAGES))
-  parser.add_argument('--max-minutes', type=float, default=75.0,
-                      help='pause (SIGTERM: checkpoint and exit) after this long; rerun resumes')
+  parser = _common.stage_parser(__doc__, '/tmp/compare', STAGES)
   parser.add_argument('--world', default='', choices=('', 'synthetic'),
                       help="'synthetic': every method in seconds (stage compare; no summary)")
   args = parser.parse_args()

@@ -27,7 +27,6 @@ same command resumes it; its summary is written when it completes. The ddo summa
 budgets' files, so the later stages run on a new machine without retraining DDO.
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -408,11 +407,7 @@ def report_section() -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', default='/tmp/scale_study')
-  parser.add_argument('--stage', default='next', choices=('next', *STAGES))
-  parser.add_argument('--max-minutes', type=float, default=75.0,
-                      help='pause (SIGTERM: checkpoint and exit) after this long; rerun resumes')
+  parser = _common.stage_parser(__doc__, '/tmp/scale_study', STAGES)
   args = parser.parse_args()
   logging.set_verbosity(logging.INFO)  # the pipeline's progress lines (no absl app here)
   pause_after(args.max_minutes)

@@ -18,7 +18,6 @@ Stages (--stage=next, the default, runs the first one without a summary):
   python bench/trajectories.py --workdir=/tmp/trajectories [--stage=next|NAME] [--max-minutes=75]
 """
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -314,11 +313,7 @@ def report_section() -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', default='/tmp/trajectories')
-  parser.add_argument('--stage', default='next', choices=('next', *STAGES))
-  parser.add_argument('--max-minutes', type=float, default=75.0,
-                      help='pause (SIGTERM: checkpoint and exit) after this long; rerun resumes')
+  parser = _common.stage_parser(__doc__, '/tmp/trajectories', STAGES)
   args = parser.parse_args()
   logging.set_verbosity(logging.INFO)
   ss.pause_after(args.max_minutes)
