@@ -19,6 +19,7 @@ from autoscale_jax.mixing import (
   path_fractions,
   predicted_ratio,
   ratio_intervals,
+  refit_laws,
   shrink,
 )
 from autoscale_jax.mixing.powerlaw import fit_rows
@@ -139,6 +140,15 @@ def test_noise_decides_how_far_to_move():
   np.testing.assert_array_equal(huge.weights, PRIOR)
   fractions = [r.fraction for r in results]
   assert fractions == sorted(fractions, reverse=True) and len(set(fractions)) == 4
+  # One refit shared by two priors chooses exactly as a refit per call does.
+  laws = refit_laws(problem, samples=SAMPLES, noise=0.03, seed=0)
+  for prior in (PRIOR, np.full(3, 1 / 3)):
+    shared = shrink(problem, prior, answer, samples=SAMPLES, noise=0.03, laws=laws)
+    alone = shrink(problem, prior, answer, samples=SAMPLES, noise=0.03)
+    np.testing.assert_array_equal(shared.lower_bounds, alone.lower_bounds)
+    assert shared.fraction == alone.fraction
+  with pytest.raises(UserError, match='laws must be refit_laws'):
+    shrink(problem, PRIOR, answer, samples=SAMPLES // 2, noise=0.03, laws=laws)
 
 
 def test_domains_outside_the_tested_factors_are_named():

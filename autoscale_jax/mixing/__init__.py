@@ -20,6 +20,7 @@ from autoscale_jax.mixing.conservative import (
   path_fractions,
   predicted_ratio,
   ratio_intervals,
+  refit_laws,
   shrink,
 )
 from autoscale_jax.mixing.ddo import (
@@ -46,7 +47,7 @@ __all__ = [
     'Perturbation', 'PowerLaw', 'WeightInterval', 'bootstrap_fits', 'cap_to_data', 'ddo_weights',
     'fit_domains', 'fit_power_law', 'perturbation_plan', 'pinned_domains', 'solve_ddo',
     'RatioInterval', 'Shrinkage', 'blend', 'extrapolated_domains', 'improvement_draws',
-    'path_fractions', 'predicted_ratio', 'ratio_intervals', 'shrink',
+    'path_fractions', 'predicted_ratio', 'ratio_intervals', 'refit_laws', 'shrink',
     'MixingLaw', 'RegMixRegressor', 'doremi_update', 'regmix_search', 'temperature_weights',
     'unimax_weights',
 ]

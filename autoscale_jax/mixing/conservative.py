@@ -100,10 +100,17 @@ def _ratios(laws: np.ndarray, n: np.ndarray) -> np.ndarray:
   return 1 + np.sum(((n + a)**-b + c) - ((1 + a)**-b + c), axis=-1)
 
 
-def _refits(problem: DDOProblem, samples: int, noise: float | None, seed: int) -> np.ndarray:
+def refit_laws(problem: DDOProblem, *, samples: int = 200, noise: float | None = None,
+               seed: int = 0) -> np.ndarray:
   """[3, samples, domains] refitted laws, drawn domain by domain from default_rng(seed) exactly
   as AutoScaleModel.predict_weights_interval draws one problem's, so a seed means the same refits.
-  Fitting is the cost here; everything after it is array arithmetic."""
+  Fitting is the cost here; everything after it is array arithmetic, so one refit can serve
+  shrink towards several priors (its `laws`)."""
+  _check_draws(samples, noise)
+  return _refits(problem, samples, noise, seed)
+
+
+def _refits(problem: DDOProblem, samples: int, noise: float | None, seed: int) -> np.ndarray:
   if noise is None and all(len(f.x) <= 3 for f in problem.fits):
     warnings.warn('Every DDO fit is exactly determined, so resampling residuals adds no noise '
                   'and the interval has zero width; pass noise= or run replicates.', stacklevel=3)
@@ -182,19 +189,24 @@ def _lower_ends(draws: np.ndarray, level: float) -> np.ndarray:
 
 def shrink(problem: DDOProblem, prior: ArrayLike, answer: ArrayLike, *, level: float = 0.9,
            samples: int = 200, noise: float | None = None, seed: int = 0,
-           grid: int = 21) -> Shrinkage:
+           grid: int = 21, laws: np.ndarray | None = None) -> Shrinkage:
   """The fraction of the way from prior to answer whose improvement has the highest lower end
   (np.quantile at (1 - level) / 2 of improvement_draws; ties go to the smaller fraction).
 
   When no fraction's lower end is above 0 the noise cannot tell any move from none, so the prior
-  is kept (fraction 0, evidence False).
+  is kept (fraction 0, evidence False). `laws`: this problem's refit_laws with the same samples,
+  noise and seed, computed once for several priors (None: refitted here).
   """
   _check_draws(samples, noise, level)
   fractions = path_fractions(grid)
   mixtures = _path(problem, prior, answer, fractions)
   gains = _improvements(problem, _laws([problem.fits]), mixtures)[0]
-  lower = _lower_ends(_improvements(problem, _refits(problem, samples, noise, seed), mixtures),
-                      level)
+  if laws is None:
+    laws = _refits(problem, samples, noise, seed)
+  elif np.shape(laws) != (3, samples, problem.base_quantities.size):
+    raise UserError(f'laws must be refit_laws of this problem with samples={samples} (shape '
+                    f'{(3, samples, problem.base_quantities.size)}); got {np.shape(laws)}.')
+  lower = _lower_ends(_improvements(problem, laws, mixtures), level)
   best = int(np.argmax(lower))  # the first of equal maxima: the one closest to the prior
   evidence = bool(lower[best] > 0)
   if not evidence:
