@@ -15,7 +15,7 @@ from autoscale_jax.configs import tiny
 from autoscale_jax.errors import ConfigError
 from autoscale_jax.mixing import AutoScaleModel, DDOProblem, conservative as conservative_lib
 from autoscale_jax.pipeline import predict, world
-from autoscale_jax.report import verdicts
+from autoscale_jax.report import recommendation, verdicts
 
 
 def _config(**predict_fields):
@@ -99,8 +99,29 @@ def _predicted_gains_match_the_fitted_model(workdirs):
     gain = block['gain_over']['uniform']
     assert gain['point'] == pytest.approx(j['uniform'] - j['recommended'], abs=1e-12)
     assert gain['low'] <= gain['point'] <= gain['high']
+    # Domains outside the tested factors, by hand: multiplier w N / N_base beyond [lower, upper].
+    optimum = _read(workdir, f'budgets/{b}/optimum.json')
+    names, upper = optimum['domains'], np.broadcast_to(problem.upper, (4,))
+    for name, w in (('recommended', recommended), ('uniform', [0.25] * 4),
+                    ('natural', optimum['natural_weights'])):
+      n = np.asarray(w) * problem.budget / problem.base_quantities
+      want = [d for d, v, hi in zip(names, n, upper)
+              if v < problem.lower * (1 - 1e-9) or v > hi * (1 + 1e-9)]
+      assert block['extrapolated'][name] == want, (b, name, n)
   report = (workdir / 'report' / 'report.md').read_text()
   assert 'predicted gain over uniform at' in report.split('## ')[1]  # in the recommendation
+  # A natural share far outside the tested factors is flagged where its ratio is shown.
+  extreme = [0.97, 0.01, 0.01, 0.01]  # code 3.9x its uniform share, the others 1/25
+  problem = DDOProblem.from_dict(_read(workdir, f"budgets/{config.ddo.budgets[-1]}/optimum.json")
+                                 ['problem'])
+  flagged = predict.gains(config, [problem], [config.ddo.budgets[-1]],
+                          {'recommended': np.full(4, 0.25), 'natural': np.array(extreme)}, 0.01,
+                          ['a', 'b', 'c', 'd'])
+  assert flagged[str(config.ddo.budgets[-1])]['extrapolated'] == {'recommended': [],
+                                                                   'natural': ['a', 'b', 'c', 'd']}
+  lines = recommendation._gains({'gains': {'target': 32_768, 'level': 0.9, 'budgets': flagged}})
+  assert any(line.startswith('| ') and 'natural *' in line for line in lines)
+  assert lines[-1].endswith('the ratio is a guess beyond the data: natural (a, b, c, d).')
 
 
 def test_policies_and_gains_on_one_ddo(workdirs):

@@ -89,28 +89,33 @@ def prior(config: ml_collections.ConfigDict, optimum: dict) -> np.ndarray:
 
 
 def gains(config: ml_collections.ConfigDict, problems: Sequence[DDOProblem],
-          budgets: Sequence[int], mixtures: dict[str, np.ndarray], sigma: float) -> dict:
+          budgets: Sequence[int], mixtures: dict[str, np.ndarray], sigma: float,
+          names: Sequence[str]) -> dict:
   """Before any target run: at each DDO budget, the fitted model's objective ratio (to that
   budget's base run) for each mixture, and the recommended mixture's gain over each other
-  (paired by bootstrap draw), with predict.interval_level bootstrap intervals."""
+  (paired by bootstrap draw), with predict.interval_level bootstrap intervals; 'extrapolated'
+  names, per mixture, the domains outside the factors that budget's plan tested (e.g. a
+  natural share 4.7x the uniform one), where its ratio rests on a law beyond its data."""
   level = float(config.predict.interval_level)
   ends = [(1 - level) / 2, (1 + level) / 2]
-  names, out = list(mixtures), {}
+  labels, out = list(mixtures), {}
   for b, problem in zip(budgets, problems):
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # exactly determined fits: the interval is the point
       points, draws = conservative_lib.ratio_draws(
           problem, list(mixtures.values()), samples=int(config.predict.interval_samples),
           noise=sigma or None, seed=int(config.seed))
-    rec = names.index('recommended')
+    rec = labels.index('recommended')
 
     def interval(point: float, values: np.ndarray) -> dict:
       low, high = np.quantile(values, ends)
       return {'point': float(point), 'low': float(low), 'high': float(high)}
     out[tokens_key(b)] = {
-        'ratios': {n: interval(points[k], draws[:, k]) for k, n in enumerate(names)},
+        'ratios': {n: interval(points[k], draws[:, k]) for k, n in enumerate(labels)},
         'gain_over': {n: interval(points[k] - points[rec], draws[:, k] - draws[:, rec])
-                      for k, n in enumerate(names) if k != rec}}
+                      for k, n in enumerate(labels) if k != rec},
+        'extrapolated': {n: [names[i] for i in conservative_lib.extrapolated_domains(problem, w)]
+                         for n, w in mixtures.items()}}
   return out
 
 
@@ -211,7 +216,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
   if 'natural_weights' in optima[-1]:
     mixtures['natural'] = np.asarray(optima[-1]['natural_weights'])
   predictions['gains'] = {'target': goals[0], 'level': float(config.predict.interval_level),
-                          'budgets': gains(config, problems, budgets, mixtures, sigma['sigma'])}
+                          'budgets': gains(config, problems, budgets, mixtures, sigma['sigma'],
+                                           names)}
   write_json(workdir / 'autoscale' / 'predictions.json', predictions)
   for t in goals:
     logging.info('[predict] %s tokens: %s', f'{t:,}',

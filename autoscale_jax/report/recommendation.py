@@ -86,18 +86,26 @@ def _gains(predictions: dict) -> list[str]:
   if not g:
     return []
   level = int(round(100 * g['level']))
-  rows = []
+  rows, outside = [], {}
   for b, block in sorted(g['budgets'].items(), key=lambda kv: int(kv[0])):
     order = ['recommended', 'uniform', 'natural']
     for name, r in sorted(block['ratios'].items(), key=lambda kv: order.index(kv[0])):
       gain = block['gain_over'].get(name)
-      rows.append([tokens(int(b)), name, f"{r['point']:.4f} [{r['low']:.4f}, {r['high']:.4f}]",
+      far = block.get('extrapolated', {}).get(name)  # absent from results of older versions
+      if far:
+        outside.setdefault(name, set()).update(far)
+      rows.append([tokens(int(b)), name + ' *' * bool(far),
+                   f"{r['point']:.4f} [{r['low']:.4f}, {r['high']:.4f}]",
                    '' if gain is None else _pct(gain, block['ratios'][name]['point'])])
+  note = (['', '\\* Outside the factors the DDO tested, so the fitted laws are extrapolated there '
+           'and the ratio is a guess beyond the data: ' + '; '.join(
+               f"{name} ({', '.join(sorted(domains))})" for name, domains in outside.items())
+           + '.'] if outside else [])
   return [f"Predicted before any target run: the fitted DDO model's objective ratio (to each "
           f"budget's base run; lower is better, {level}% bootstrap intervals) of the mixture "
           f"recommended for {tokens(g['target'])} and of the baselines, and the recommended "
           "mixture's gain over each (a share of that baseline's ratio):", '',
-          *table(['DDO budget', 'mixture', 'objective ratio', 'recommended gains'], rows)]
+          *table(['DDO budget', 'mixture', 'objective ratio', 'recommended gains'], rows), *note]
 
 
 def _policy(predictions: dict) -> list[str]:
