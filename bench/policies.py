@@ -115,7 +115,8 @@ def plan_of(m: int, budget: float, replicates: int, constant_total: bool) -> lis
   return out
 
 
-def losses_of(world: worlds.World, plan: list[Perturbation], trunk_scale: float | None) -> np.ndarray:
+def losses_of(world: worlds.World, plan: list[Perturbation],
+              trunk_scale: float | None) -> np.ndarray:
   """Per-domain losses of the plan's runs; trunk_scale (largest budget / this budget) makes
   them trajectory branches: a share RHO of the run's own noise is its trunk's, common to the
   branches of one plan entry at every budget."""
@@ -197,7 +198,8 @@ def autoscale(problems: list[DDOProblem], mode: str, target: float) -> tuple[np.
 def mixing_law(world: worlds.World, largest: float, tokens: float) -> np.ndarray:
   """The mixing law's answer from a swarm at the largest budget, at equal proxy tokens."""
   n = max(world.m + 1, int(tokens // largest))
-  mixtures = np.random.default_rng([world.seed, world.m, int(tokens)]).dirichlet(np.ones(world.m), n)
+  rng = np.random.default_rng([world.seed, world.m, int(tokens)])
+  mixtures = rng.dirichlet(np.ones(world.m), n)
   law = MixingLaw.fit(mixtures, world.losses(mixtures * largest, 0))
   return law.optimize(perplexity=True)
 
@@ -304,7 +306,8 @@ def run_preset(preset: str, workdir: epath.Path, deadline: float) -> dict | None
         for ratio in TARGETS}
   outside = [json.loads(world_file(workdir, preset, 1, s).read_text())['natural_outside']
              for s in range(WORLDS)]
-  return {'preset': PRESETS[preset][0], 'synthetic': fields, 'domains': m, 'budgets': list(budgets_of(largest)),
+  return {'preset': PRESETS[preset][0], 'synthetic': fields, 'domains': m,
+          'budgets': list(budgets_of(largest)),
           'targets': [r * largest for r in TARGETS], 'worlds': WORLDS,
           'replicates': list(REPLICATES), 'fallback_noise': _r6(fallback), 'rho': RHO,
           'harm': HARM, 'natural_outside_share': _r6(np.mean(outside)),
@@ -339,7 +342,8 @@ def real() -> dict:
               for b in sorted(study['budget_files'], key=int)]
   sigma, target = study['prediction']['noise']['sigma'], int(direct['budget'])
   names = study['prediction']['domains']
-  m, uniform, natural = len(names), np.full(len(names), 0.25), np.asarray(runs['natural']['weights'])
+  m, natural = len(names), np.asarray(runs['natural']['weights'])
+  uniform = np.full(m, 1.0 / m)
   validated = {}
   for name, r in runs.items():
     d = paired_difference(r['seed_objectives'], runs['uniform']['seed_objectives'])
@@ -425,7 +429,34 @@ def report() -> list[str]:
                        for c in (s['settings'][r][t][key] for r in s['settings'])]
               for key in POLICIES]
       lines += _common.table(header, rows)
-  return lines + [''] + decisions(summaries)
+  return lines + [''] + real_table() + [''] + decisions(summaries)
+
+
+def real_table() -> list[str]:
+  """The real-data check as a table (from real.json)."""
+  path = SUMMARIES / 'real.json'
+  if not path.exists():
+    return []
+  r = json.loads(path.read_text())
+  rows = []
+  for key, p in r['policies'].items():
+    point, lo, hi = p['predicted_ratio_800k']
+    m = p['measured']
+    rows.append([key, ', '.join(f'{w:.3f}' for w in p['weights']), f"{p['l1_to_direct']:.3f}",
+                 f'{point:.3f} [{lo:.3f}, {hi:.3f}]',
+                 '' if m is None else f"{m['objective']:.2f} ({m['as']}); "
+                 f"{m['vs_uniform']['mean']:+.2f} [{m['vs_uniform']['low']:+.2f}, "
+                 f"{m['vs_uniform']['high']:+.2f}] {m['vs_uniform']['verdict']}"])
+  c = r['conservative']
+  return [f"Real text ({', '.join(r['domains'])}; the scale study's DDO at 200k and 800k, 2 "
+          f"replicates, sigma {r['sigma']:.4f}; target {r['target']:,}). Conservative fraction: "
+          f"prior uniform {c['uniform']['fraction']:.2f} (lower bound "
+          f"{c['uniform']['lower']:+.4f}),"
+          f" prior natural {c['natural']['fraction']:.2f} ({c['natural']['lower']:+.4f}). Natural "
+          f"multipliers at 800k: {', '.join(f'{v:.2f}' for v in r['natural_multipliers_800k'])} "
+          '(tested: 0.2-3).', '',
+          *_common.table(['policy', 'weights', 'L1 to DDO at target', 'fitted ratio at 800k [90%]',
+                          'measured at target (3 seeds); minus uniform [95%]'], rows, 'lllll')]
 
 
 def main() -> None:
