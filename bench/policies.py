@@ -9,9 +9,10 @@ bench/RESULTS.md ("Prediction policies under noise") before the first stage ran;
 that text.
 
 Stages (--stage=next, the default, runs the first without a summary in bench/results/policies/):
-  cpu, paper, noiseless  WORLDS worlds of the preset x 1, 2 and 4 replicates; one JSON per world
-                         and replicate count in the workdir (a rerun skips those), then the
-                         preset's summary <preset>.json
+  cpu, cpu-noisy, paper, noiseless
+                         WORLDS worlds of the preset (PRESETS) x 1, 2 and 4 replicates; one
+                         JSON per world and replicate count in the workdir (a rerun skips those),
+                         then the stage's summary <stage>.json
   real                   every policy that the committed results allow on the scale study's real
                          DDO (bench/results/scale_study, compare, trajectories), against the DDO
                          measured at the target and the validated objectives
