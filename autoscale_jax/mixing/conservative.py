@@ -110,6 +110,17 @@ def refit_laws(problem: DDOProblem, *, samples: int = 200, noise: float | None =
   return _refits(problem, samples, noise, seed)
 
 
+def _given_or_refit(problem: DDOProblem, laws: np.ndarray | None, samples: int,
+                    noise: float | None, seed: int) -> np.ndarray:
+  """`laws` (refit_laws of this problem, checked for its shape) or, when None, the refits."""
+  if laws is None:
+    return _refits(problem, samples, noise, seed)
+  if np.shape(laws) != (3, samples, problem.base_quantities.size):
+    raise UserError(f'laws must be refit_laws of this problem with samples={samples} (shape '
+                    f'{(3, samples, problem.base_quantities.size)}); got {np.shape(laws)}.')
+  return np.asarray(laws)
+
+
 def _refits(problem: DDOProblem, samples: int, noise: float | None, seed: int) -> np.ndarray:
   if noise is None and all(len(f.x) <= 3 for f in problem.fits):
     warnings.warn('Every DDO fit is exactly determined, so resampling residuals adds no noise '
@@ -201,11 +212,7 @@ def shrink(problem: DDOProblem, prior: ArrayLike, answer: ArrayLike, *, level: f
   fractions = path_fractions(grid)
   mixtures = _path(problem, prior, answer, fractions)
   gains = _improvements(problem, _laws([problem.fits]), mixtures)[0]
-  if laws is None:
-    laws = _refits(problem, samples, noise, seed)
-  elif np.shape(laws) != (3, samples, problem.base_quantities.size):
-    raise UserError(f'laws must be refit_laws of this problem with samples={samples} (shape '
-                    f'{(3, samples, problem.base_quantities.size)}); got {np.shape(laws)}.')
+  laws = _given_or_refit(problem, laws, samples, noise, seed)
   lower = _lower_ends(_improvements(problem, laws, mixtures), level)
   best = int(np.argmax(lower))  # the first of equal maxima: the one closest to the prior
   evidence = bool(lower[best] > 0)
@@ -218,17 +225,20 @@ def shrink(problem: DDOProblem, prior: ArrayLike, answer: ArrayLike, *, level: f
 
 
 def ratio_draws(problem: DDOProblem, mixtures: Sequence[ArrayLike], *, samples: int = 200,
-                noise: float | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                noise: float | None = None, seed: int = 0,
+                laws: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """J(w) of each mixture under the fitted laws [K] and under every refit [samples, K] (the same
   refits as shrink with the same seed): one refit serves any number of mixtures and any
-  difference between them (e.g. a recommended mixture's gain over uniform, paired by draw)."""
+  difference between them (e.g. a recommended mixture's gain over uniform, paired by draw).
+  `laws`: refit_laws already computed with the same samples, noise and seed (as in shrink)."""
   _check_draws(samples, noise)
   m = problem.base_quantities.size
   if len(mixtures) == 0:
     raise UserError('mixtures must name at least one mixture.')
   n = _multipliers(problem, np.array([_weights(f'mixtures[{k}]', w, m)
                                       for k, w in enumerate(mixtures)]))
-  return _ratios(_laws([problem.fits]), n)[0], _ratios(_refits(problem, samples, noise, seed), n)
+  return (_ratios(_laws([problem.fits]), n)[0],
+          _ratios(_given_or_refit(problem, laws, samples, noise, seed), n))
 
 
 def ratio_intervals(problem: DDOProblem, mixtures: Sequence[ArrayLike], *, level: float = 0.9,

@@ -90,21 +90,23 @@ def prior(config: ml_collections.ConfigDict, optimum: dict) -> np.ndarray:
 
 def gains(config: ml_collections.ConfigDict, problems: Sequence[DDOProblem],
           budgets: Sequence[int], mixtures: dict[str, np.ndarray], sigma: float,
-          names: Sequence[str]) -> dict:
+          names: Sequence[str], last_laws: np.ndarray | None = None) -> dict:
   """Before any target run: at each DDO budget, the fitted model's objective ratio (to that
   budget's base run) for each mixture, and the recommended mixture's gain over each other
   (paired by bootstrap draw), with predict.interval_level bootstrap intervals; 'extrapolated'
   names, per mixture, the domains outside the factors that budget's plan tested (e.g. a
-  natural share 4.7x the uniform one), where its ratio rests on a law beyond its data."""
+  natural share 4.7x the uniform one), where its ratio rests on a law beyond its data.
+  last_laws: the largest budget's refits (conservative.refit_laws), when already drawn."""
   level = float(config.predict.interval_level)
   ends = [(1 - level) / 2, (1 + level) / 2]
   labels, out = list(mixtures), {}
-  for b, problem in zip(budgets, problems):
+  for k, (b, problem) in enumerate(zip(budgets, problems)):
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # exactly determined fits: the interval is the point
       points, draws = conservative_lib.ratio_draws(
           problem, list(mixtures.values()), samples=int(config.predict.interval_samples),
-          noise=sigma or None, seed=int(config.seed))
+          noise=sigma or None, seed=int(config.seed),
+          laws=last_laws if k == len(problems) - 1 else None)
     rec = labels.index('recommended')
 
     def interval(point: float, values: np.ndarray) -> dict:
@@ -169,16 +171,19 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
                  'not capped at config.data.max_epochs.')
   for note in notes:
     logging.warning('[predict] %s', note)
+  draws = dict(samples=int(config.predict.interval_samples), noise=sigma['sigma'] or None,
+               seed=int(config.seed))
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # exactly determined fits: refits equal to the fit
+    last_laws = conservative_lib.refit_laws(problems[-1], **draws)  # for the policy and gains
   policy = {'name': str(config.predict.policy)}
   if policy['name'] == 'conservative':  # how far the largest DDO budget's fits back the move
     base_prior = prior(config, optima[-1])
     with warnings.catch_warnings():
-      warnings.simplefilter('ignore')
-      shrunk = conservative_lib.shrink(
-          problems[-1], base_prior, optima[-1]['weights'],
-          level=float(config.predict.interval_level),
-          samples=int(config.predict.interval_samples), noise=sigma['sigma'] or None,
-          seed=int(config.seed))
+      warnings.simplefilter('ignore')  # a law overflowing on the path: no evidence there
+      shrunk = conservative_lib.shrink(problems[-1], base_prior, optima[-1]['weights'],
+                                       level=float(config.predict.interval_level), **draws,
+                                       laws=last_laws)
     policy.update(shrunk.to_dict(), prior=_prior_name(config.predict.prior),
                   prior_weights=base_prior.tolist(), budget=budgets[-1])
     policy['extrapolated'] = [names[i] for i in shrunk.extrapolated]
@@ -217,7 +222,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path,
     mixtures['natural'] = np.asarray(optima[-1]['natural_weights'])
   predictions['gains'] = {'target': goals[0], 'level': float(config.predict.interval_level),
                           'budgets': gains(config, problems, budgets, mixtures, sigma['sigma'],
-                                           names)}
+                                           names, last_laws)}
   write_json(workdir / 'autoscale' / 'predictions.json', predictions)
   for t in goals:
     logging.info('[predict] %s tokens: %s', f'{t:,}',
