@@ -47,7 +47,7 @@ from autoscale_jax.mixing import (  # noqa: E402
   fit_domains,
   perturbation_plan,
 )
-from autoscale_jax.mixing.confidence import combine_noise  # noqa: E402
+from autoscale_jax.mixing.confidence import combine_noise, paired_difference  # noqa: E402
 from autoscale_jax.mixing.mixing_law import MixingLaw  # noqa: E402
 from autoscale_jax.mixing.powerlaw import fit_power_law  # noqa: E402
 from autoscale_jax.pipeline import worlds  # noqa: E402
@@ -335,7 +335,6 @@ def real() -> dict:
   """Every policy the committed real results allow: the scale study's DDO (200k and 800k, 2
   replicates, sigma measured) predicts 3.2M; the DDO measured at 3.2M (direct.json) and the
   3-seed validations (validate.json, compare.json) judge it."""
-  from autoscale_jax.mixing.confidence import paired_difference
   study, direct = _load('scale_study/ddo.json'), _load('scale_study/direct.json')['check']
   runs = _load('scale_study/validate.json')['validation']['runs']
   compare, traj = _load('compare/compare.json'), _load('trajectories/ddo.json')['at_target']

@@ -176,9 +176,6 @@ def worse_than(r: dict) -> list[dict]:
   return r['predicted_worse_than']
 
 
-
-
-
 def test_a_prediction_measurably_worse_than_a_baseline_is_not_recommended(tmp_path):
   """The 'paper' world scaled to the tiny budgets, 3 seeds of small noise: the world's true
   optimum at the target, as a baseline, is measurably better than the predicted mixture."""
